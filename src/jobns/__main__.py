@@ -1,0 +1,3 @@
+from jobns.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,79 @@
+"""The one value every reader produces: the effective configuration of one node.
+
+Readers (namespace.yaml, job_container.conf, plugstack args) live beside this module and
+all return a `NodeConfig`. Nothing outside jobns.config parses configuration.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+# Canonical clone flag names, in the order namespaces are joined (PID, USER, MNT).
+CLONE_NEWPID = "CLONE_NEWPID"
+CLONE_NEWUSER = "CLONE_NEWUSER"
+CLONE_NEWNS = "CLONE_NEWNS"
+KNOWN_CLONE_FLAGS = (CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWNS)
+
+DEFAULT_BASE_PATH = "/var/lib/jobns"
+DEFAULT_DIRS = ("/tmp", "/dev/shm")
+DEFAULT_WAIT = 10
+SHM_DIR = "/dev/shm"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    """Effective configuration for one node.
+
+    `base_path` is None when jobns is disabled on this node (no base path, or `none`).
+    `clone_ns_flags` always contains CLONE_NEWNS; extra flags are kept in canonical order.
+    `source` is the file it came from ("built-in" for the default) and `origin` says which
+    entry or line of it applied (e.g. "node_confs[0] (line 12)").
+    """
+
+    node_name: str
+    base_path: str | None = DEFAULT_BASE_PATH
+    auto_base_path: bool = True
+    dirs: tuple[str, ...] = DEFAULT_DIRS
+    shared: bool = False
+    clone_ns_flags: tuple[str, ...] = (CLONE_NEWNS,)
+    init_script: str | None = None
+    clone_ns_script: str | None = None
+    clone_ns_script_wait: int = DEFAULT_WAIT
+    clone_ns_epilog: str | None = None
+    clone_ns_epilog_wait: int = DEFAULT_WAIT
+    user_ns_script: str | None = None
+    disable_bpf_token: bool = False
+    entire_step_in_ns: bool = False
+    source: str = "built-in"
+    origin: str = "built-in default"
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def enabled(self) -> bool:
+        return self.base_path is not None
+
+    @property
+    def new_pid(self) -> bool:
+        return CLONE_NEWPID in self.clone_ns_flags
+
+    @property
+    def new_user(self) -> bool:
+        return CLONE_NEWUSER in self.clone_ns_flags
+
+    def as_dict(self) -> dict:
+        """The keys of `config show --json`: namespace.yaml option names, lists as lists."""
+        d = asdict(self)
+        d["dirs"] = list(self.dirs)
+        d["clone_ns_flags"] = list(self.clone_ns_flags)
+        d["warnings"] = list(self.warnings)
+        return d
+
+
+def builtin_default(node_name: str) -> NodeConfig:
+    """The configuration used when no config file exists anywhere."""
+    return NodeConfig(node_name=node_name)
+
+
+def mangle(path: str) -> str:
+    """Slurm's backing-directory name for a private dir: every '/' becomes '_'."""
+    return path.replace("/", "_")

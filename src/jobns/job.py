@@ -1,0 +1,51 @@
+"""What a scheduler (or the standalone CLI) tells jobns about a job."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from jobns.errors import UsageError
+
+# Slurm job ids are decimal and below NO_VAL (0xfffffffe). Standalone jobs may also use a
+# name; it must be safe as a single path component and cannot look like an option.
+_MAX_NUMERIC = 0xFFFFFFFD
+_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+def validate_job_id(text: str) -> str:
+    """Return the canonical job id or raise UsageError naming what is wrong."""
+    if not isinstance(text, str) or not text:
+        raise UsageError("job id: empty")
+    if text.isascii() and text.isdigit():
+        if text != str(int(text)):
+            raise UsageError(f"job id {text!r}: leading zeros are not allowed")
+        value = int(text)
+        if not 1 <= value <= _MAX_NUMERIC:
+            raise UsageError(f"job id {text!r}: must be between 1 and {_MAX_NUMERIC}")
+        return text
+    if _NAME_RE.fullmatch(text) and not text.endswith("."):
+        return text
+    raise UsageError(
+        f"job id {text!r}: must be a decimal Slurm job id or a name of letters, digits, "
+        "'_', '.', '-' starting with a letter (at most 64 characters)")
+
+
+def is_slurm_job_id(name: str) -> bool:
+    return name.isascii() and name.isdigit() and name == str(int(name)) and \
+        1 <= int(name) <= _MAX_NUMERIC
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A job as the lifecycle sees it.
+
+    `env` carries the scheduler's job variables that hook scripts receive
+    (SLURM_JOB_WORK_DIR, SLURM_JOB_MEM, SLURM_NODE_ALIASES, SLURM_HET_JOB_ID, ...).
+    """
+
+    job_id: str
+    uid: int
+    gid: int
+    user: str
+    env: dict[str, str] = field(default_factory=dict, compare=False)
