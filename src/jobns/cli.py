@@ -1,0 +1,304 @@
+"""Command line: `jobns [--config FILE] [--node NAME] COMMAND ...`.
+
+Exit status: 0 success, 1 the operation failed, 2 usage or configuration error.
+Imports are lazy: a job start (`create`) loads only what it uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from jobns.errors import JobnsError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors exit 2 with the usage line, as argparse does
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"jobns: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="jobns", description="Private per-job namespaces (/tmp, /dev/shm, PID, "
+                "user) for batch jobs; Slurm namespace.yaml / job_container.conf compatible.")
+    p.add_argument("--config", metavar="FILE", help="config file (namespace.yaml, "
+                   "job_container.conf or plugstack.conf); default: $JOBNS_CONFIG, then "
+                   "namespace.yaml / job_container.conf next to $SLURM_CONF, then built-in")
+    p.add_argument("--node", metavar="NAME", help="node name for node-specific config "
+                   "(default: short hostname)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    p.add_argument("--version", action="version", version="jobns 0.1.0")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    s = sub.add_parser("run", help="one shot: create a job namespace, run CMD in it, delete it")
+    s.add_argument("--user", help="run as this user (default: the caller)")
+    s.add_argument("--job", metavar="ID", help="job id (default: a fresh run-XXXXXXXX)")
+    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+
+    s = sub.add_parser("create", help="create the namespace of job JOB")
+    s.add_argument("job", metavar="JOB")
+    who = s.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="job user name")
+    who.add_argument("--uid", type=int, help="job user id")
+    s.add_argument("--gid", type=int, help="job group id (default: the user's)")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="job variable passed to hook scripts (repeatable)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+    s = sub.add_parser("exec", help="run CMD inside the namespace of job JOB")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("--user", help="run as this user (default: the job's user)")
+    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+
+    s = sub.add_parser("delete", help="tear down the namespace of JOB and remove its files")
+    s.add_argument("job", metavar="JOB")
+
+    s = sub.add_parser("restore", help="node start: prepare base_path, remove dead jobs")
+    s.add_argument("--live", default="", metavar="ID,ID...",
+                   help="jobs still running on this node (all others are removed)")
+
+    sub.add_parser("fini", help="node shutdown: report; running jobs keep their namespaces")
+
+    s = sub.add_parser("list", help="job namespaces on this node")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("config", help="show or check the configuration")
+    csub = s.add_subparsers(dest="config_command", metavar="show|check", parser_class=_Parser)
+    csub.required = True
+    c = csub.add_parser("show", help="effective config for this node")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--node", dest="show_node", metavar="NAME", help="another node's view")
+    c = csub.add_parser("check", help="validate a config file (exit 1 with findings)")
+    c.add_argument("file", nargs="?", metavar="FILE")
+    c.add_argument("--node", dest="check_node", metavar="NAME")
+
+    s = sub.add_parser("slurm", help="Slurm adapter (prolog, epilog, restore, build-plugin)",
+                       add_help=False)
+    s.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+class Context:
+    """What the commands (and the Slurm adapter) share: config location, node, log."""
+
+    def __init__(self, args):
+        self.config_path = args.config
+        self.node = args.node
+        from jobns.log import Log
+        level = "debug" if args.verbose else "warning" if args.quiet else "info"
+        self.log = Log(level)
+        self._cfg = None
+
+    @property
+    def node_name(self) -> str:
+        return self.node or os.uname().nodename.split(".")[0]
+
+    def config(self, node: str | None = None):
+        from jobns import config
+        if node is not None:
+            return config.load(config.discover(self.config_path), node)
+        if self._cfg is None:
+            self._cfg = config.load(config.discover(self.config_path), self.node_name)
+            for w in self._cfg.warnings:
+                self.log("warning", w)
+        return self._cfg
+
+
+def _command(cmd: list[str]) -> list[str]:
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError("no command given (use: -- CMD ARGS...)")
+    return cmd
+
+
+def _require_root(what: str) -> None:
+    if os.geteuid() != 0:
+        raise UsageError(f"{what} needs root (namespaces and mounts are privileged)")
+
+
+def _job_env(pairs: list[str]) -> dict[str, str]:
+    env = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--env {pair!r}: expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+def cmd_run(ctx: Context, args) -> int:
+    from jobns import lifecycle
+    from jobns.job import Job, validate_job_id
+    argv = _command(args.cmd)
+    _require_root("run")
+    ident = lifecycle.resolve_identity(user=args.user) if args.user else \
+        lifecycle.resolve_identity(uid=os.getuid(), gid=os.getgid())
+    job_id = validate_job_id(args.job) if args.job else "run-" + os.urandom(4).hex()
+    job = Job(job_id=job_id, uid=ident.uid, gid=ident.gid, user=ident.name)
+    return lifecycle.run(ctx.config(), job, argv, log=ctx.log)
+
+
+def cmd_create(ctx: Context, args) -> int:
+    from jobns import lifecycle
+    from jobns.job import Job, validate_job_id
+    job_id = validate_job_id(args.job)
+    if args.user is not None:
+        ident = lifecycle.resolve_identity(user=args.user, gid=args.gid)
+    else:
+        ident = lifecycle.resolve_identity(uid=args.uid, gid=args.gid)
+    job = Job(job_id=job_id, uid=ident.uid, gid=ident.gid, user=ident.name,
+              env=_job_env(args.env))
+    cfg = ctx.config()
+    if args.dry_run:
+        from jobns.plan import build_plan
+        if not cfg.enabled:
+            raise UsageError(f"jobns is disabled on node {cfg.node_name} ({cfg.origin})")
+        print(build_plan(cfg, job).describe())
+        return EXIT_OK
+    _require_root("create")
+    lifecycle.create(cfg, job, log=ctx.log)
+    return EXIT_OK
+
+
+def cmd_exec(ctx: Context, args) -> int:
+    from jobns import lifecycle
+    argv = _command(args.cmd)
+    _require_root("exec")
+    return lifecycle.exec_in(ctx.config(), args.job, argv, user=args.user, log=ctx.log)
+
+
+def cmd_delete(ctx: Context, args) -> int:
+    from jobns import lifecycle
+    _require_root("delete")
+    result = lifecycle.delete(ctx.config(), args.job, log=ctx.log)
+    if not result.existed:
+        ctx.log("info", f"job {args.job}: no such job on this node; nothing to delete")
+        return EXIT_OK
+    if not result.ok:
+        for path, op, err, msg in result.failures:
+            print(f"jobns: not removed: {path}: {op}: {msg} [{err}]", file=sys.stderr)
+        for mp in result.skipped_mounts:
+            print(f"jobns: not removed (a mount point): {mp}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_restore(ctx: Context, args) -> int:
+    from jobns import lifecycle
+    from jobns.job import validate_job_id
+    _require_root("restore")
+    live = {validate_job_id(x.strip()) for x in args.live.split(",") if x.strip()}
+    cfg = ctx.config()
+    if not cfg.enabled:
+        ctx.log("info", f"jobns is disabled on node {cfg.node_name} ({cfg.origin}); "
+                "nothing to restore")
+        return EXIT_OK
+    result = lifecycle.restore(cfg, live, log=ctx.log)
+    return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def cmd_fini(ctx: Context, args) -> int:
+    from jobns import lifecycle
+    cfg = ctx.config()
+    jobs = lifecycle.list_jobs(cfg) if cfg.enabled else []
+    ctx.log("info", f"fini: {len(jobs)} job namespaces stay in place for their jobs")
+    return EXIT_OK
+
+
+def cmd_list(ctx: Context, args) -> int:
+    from jobns import lifecycle
+    cfg = ctx.config()
+    jobs = lifecycle.list_jobs(cfg) if cfg.enabled else []
+    if args.json:
+        import json
+        print(json.dumps(jobs, indent=1))
+        return EXIT_OK
+    if not jobs:
+        print(f"no job namespaces under {cfg.base_path}" if cfg.enabled else
+              f"jobns is disabled on node {cfg.node_name}")
+        return EXIT_OK
+    rows = [("JOB", "USER", "STATE", "CREATED", "DIRS", "NAMESPACES")]
+    for j in jobs:
+        flags = ",".join(_NS_SHORT.get(f, f) for f in j.get("clone_ns_flags") or [])
+        rows.append((j["job_id"], str(j.get("user") or "?"), j["state"],
+                     str(j.get("created") or "?"), ",".join(j.get("dirs") or []), flags))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return EXIT_OK
+
+
+_NS_SHORT = {"CLONE_NEWNS": "mnt", "CLONE_NEWPID": "pid", "CLONE_NEWUSER": "user"}
+
+
+def cmd_config(ctx: Context, args) -> int:
+    from jobns import config
+    if args.config_command == "show":
+        cfg = ctx.config(args.show_node) if args.show_node else ctx.config()
+        if args.json:
+            import json
+            print(json.dumps(cfg.as_dict(), indent=1))
+        else:
+            print(_format_config(cfg))
+        return EXIT_OK
+    path = args.file or config.discover(ctx.config_path)
+    if path is None:
+        print("no config file found; the built-in default is in use "
+              "(base_path /var/lib/jobns, dirs /tmp,/dev/shm)")
+        return EXIT_OK
+    findings = config.check(path, args.check_node or ctx.node)
+    for f in findings:
+        print(str(f))
+    if findings:
+        print(f"{path}: {len(findings)} finding(s)", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{path}: ok")
+    return EXIT_OK
+
+
+def _format_config(cfg) -> str:
+    d = cfg.as_dict()
+    lines = [f"# node {cfg.node_name}: {cfg.source} ({cfg.origin})"]
+    if not cfg.enabled:
+        lines.append("# jobns is disabled on this node")
+    for key, value in d.items():
+        if key in ("node_name", "source", "origin", "warnings"):
+            continue
+        if isinstance(value, list):
+            value = ",".join(value)
+        lines.append(f"{key}: {'' if value is None else value}")
+    for w in cfg.warnings:
+        lines.append(f"# warning: {w}")
+    return "\n".join(lines)
+
+
+def cmd_slurm(ctx: Context, args) -> int:
+    from jobns.slurm import cli as slurm_cli
+    return slurm_cli.main(list(args.args), ctx)
+
+
+COMMANDS = {"run": cmd_run, "create": cmd_create, "exec": cmd_exec, "delete": cmd_delete,
+            "restore": cmd_restore, "fini": cmd_fini, "list": cmd_list, "config": cmd_config,
+            "slurm": cmd_slurm}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    ctx = Context(args)
+    try:
+        return COMMANDS[args.command](ctx, args)
+    except JobnsError as e:
+        ctx.log("error", str(e))
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

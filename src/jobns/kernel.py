@@ -1,0 +1,180 @@
+"""Thin, errno-preserving wrappers for the syscalls the standard library lacks.
+
+This is the only module of the namespace layers that uses ctypes. Every wrapper raises
+OSError with the real errno and the path (or a description) it acted on, so callers can
+turn it into an OperationError naming the step.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import os
+import struct
+from dataclasses import dataclass
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                        ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+
+# clone(2) flags
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+
+FLAG_BY_NAME = {"CLONE_NEWNS": CLONE_NEWNS, "CLONE_NEWUSER": CLONE_NEWUSER,
+                "CLONE_NEWPID": CLONE_NEWPID}
+
+# mount(2) flags
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+
+# umount2(2) flags
+MNT_DETACH = 0x2
+UMOUNT_NOFOLLOW = 0x8
+
+# ioctl(2) requests on namespace file descriptors (linux/nsfs.h)
+NS_GET_USERNS = 0xB701
+NS_GET_NSTYPE = 0xB703
+NS_GET_MNTNS_ID = 0x8008B705
+
+# syscall numbers (x86_64 and aarch64 share these)
+_SYS_PIDFD_SEND_SIGNAL = 424
+_SYS_PIDFD_OPEN = 434
+
+
+def _check(ret: int, what: str | None) -> int:
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), what)
+    return ret
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0,
+          data: str | None = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), target)
+
+
+def umount2(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), flags), target)
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(fd, nstype), "setns")
+
+
+def pidfd_open(pid: int) -> int:
+    return _check(_libc.syscall(_SYS_PIDFD_OPEN, ctypes.c_int(pid), ctypes.c_uint(0)),
+                  f"pidfd_open({pid})")
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    _check(_libc.syscall(_SYS_PIDFD_SEND_SIGNAL, ctypes.c_int(pidfd), ctypes.c_int(sig),
+                         None, ctypes.c_uint(0)), "pidfd_send_signal")
+
+
+def ns_get_userns(nsfd: int) -> int:
+    """A new fd for the user namespace that owns the namespace behind `nsfd`."""
+    return fcntl.ioctl(nsfd, NS_GET_USERNS)
+
+
+def ns_type(nsfd: int) -> int:
+    """The CLONE_NEW* type of a namespace fd; OSError(ENOTTY) if `nsfd` is no namespace."""
+    return fcntl.ioctl(nsfd, NS_GET_NSTYPE)
+
+
+def mntns_id(nsfd: int) -> int | None:
+    """The 64-bit id of a mount namespace (kernel >= 6.x), or None if unsupported."""
+    try:
+        buf = fcntl.ioctl(nsfd, NS_GET_MNTNS_ID, bytes(8))
+    except OSError:
+        return None
+    return struct.unpack("Q", buf)[0]
+
+
+def thread_count() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def require_single_threaded(what: str) -> None:
+    """setns into a mount or user namespace is only valid in a single-threaded process."""
+    n = thread_count()
+    if n != 1:
+        raise OSError(22, f"{what} needs a single-threaded process, this one has {n} threads")
+
+
+@dataclass(frozen=True, slots=True)
+class MountInfo:
+    mount_id: int
+    parent_id: int
+    root: str
+    mount_point: str
+    options: str
+    propagation: tuple[str, ...]   # e.g. ("shared:1",) or () for private
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal
+    if "\\" not in field:
+        return field
+    out = bytearray()
+    raw = field.encode("utf-8", "surrogateescape")
+    i = 0
+    while i < len(raw):
+        if raw[i] == 0x5C and i + 4 <= len(raw) and raw[i + 1:i + 4].isdigit():
+            out.append(int(raw[i + 1:i + 4], 8))
+            i += 4
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("utf-8", "surrogateescape")
+
+
+def mountinfo(pid: str = "self") -> list[MountInfo]:
+    with open(f"/proc/{pid}/mountinfo", "rb") as f:
+        data = f.read().decode("utf-8", "surrogateescape")
+    result = []
+    for line in data.splitlines():
+        left, _, right = line.partition(" - ")
+        fields = left.split(" ")
+        rfields = right.split(" ")
+        result.append(MountInfo(
+            mount_id=int(fields[0]), parent_id=int(fields[1]), root=_unescape(fields[3]),
+            mount_point=_unescape(fields[4]), options=fields[5],
+            propagation=tuple(fields[6:]), fstype=rfields[0],
+            source=_unescape(rfields[1]) if len(rfields) > 1 else ""))
+    return result
+
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time of a process in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    rest = data[data.rfind(b")") + 2:].split()
+    return int(rest[19])

@@ -1,0 +1,164 @@
+"""The plan: a pure function from (NodeConfig, Job) to the ordered steps that build a job's
+namespace. No side effects, so it is testable without root and printable
+(`jobns create --dry-run`). The lifecycle executes the steps in order; each step runs
+either on the host (in the caller's namespaces) or inside the new namespace.
+
+On-disk layout (Slurm namespace/linux compatible)::
+
+    <base>/<J>/               0700 root        the job directory
+    <base>/<J>/.ns/           0700 root        pins and the job record
+    <base>/<J>/.ns/mnt        the mount-namespace pin (nsfs bind mount)
+    <base>/<J>/.ns/pid1       host pid of the namespace's PID 1 (only with CLONE_NEWPID)
+    <base>/<J>/.ns/job.json   the job record (what was built, for list/delete/restore)
+    <base>/<J>/.<J>/          0700 <uid>:root  SLURM_JOB_MOUNTPOINT_SRC
+    <base>/<J>/.<J>/_tmp      0700 <uid>       backing dir of /tmp (one per `dirs` entry)
+
+Only the mount namespace is pinned on disk: pins of user and PID namespaces would be copied
+into every later job namespace (measured: 2,024 mountinfo lines per job at 1,000 jobs). The
+user namespace is reached from the mount pin (NS_GET_USERNS), the PID namespace through its
+PID 1 (`.ns/pid1`, verified against the mount pin before use).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from jobns.config.model import SHM_DIR, NodeConfig, mangle
+from jobns.job import Job
+
+HOST = "host"
+NS = "ns"
+
+
+@dataclass(frozen=True, slots=True)
+class JobPaths:
+    base: str
+    job_dir: str
+    ns_dir: str
+    pin: str
+    pid1: str
+    record: str
+    src: str
+
+    @classmethod
+    def of(cls, base: str, job_id: str) -> "JobPaths":
+        job_dir = os.path.join(base, job_id)
+        ns_dir = os.path.join(job_dir, ".ns")
+        return cls(base=base, job_dir=job_dir, ns_dir=ns_dir,
+                   pin=os.path.join(ns_dir, "mnt"), pid1=os.path.join(ns_dir, "pid1"),
+                   record=os.path.join(ns_dir, "job.json"),
+                   src=os.path.join(job_dir, "." + job_id))
+
+    def backing(self, target: str) -> str:
+        return os.path.join(self.src, mangle(target))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One named action. `name` is stable: errors, logs and failure injection use it."""
+
+    name: str
+    where: str              # HOST or NS
+    kind: str               # what the executor does
+    path: str | None = None
+    detail: str = ""
+    args: dict = field(default_factory=dict, compare=False)
+
+    def describe(self) -> str:
+        text = f"[{self.where}] {self.name}"
+        if self.path:
+            text += f" {self.path}"
+        if self.detail:
+            text += f"  ({self.detail})"
+        return text
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    cfg: NodeConfig
+    job: Job
+    paths: JobPaths
+    clone_flags: tuple[str, ...]
+    steps: tuple[Step, ...]
+
+    def host_before(self) -> tuple[Step, ...]:
+        """Host steps up to and including the unshare."""
+        idx = next(i for i, s in enumerate(self.steps) if s.kind == "unshare")
+        return self.steps[:idx + 1]
+
+    def host_between(self) -> tuple[Step, ...]:
+        """Host steps after the child unshared and before it builds the mounts."""
+        out = []
+        for s in self.steps[len(self.host_before()):]:
+            if s.where != HOST:
+                break
+            out.append(s)
+        return tuple(out)
+
+    def in_namespace(self) -> tuple[Step, ...]:
+        return tuple(s for s in self.steps if s.where == NS)
+
+    def host_after(self) -> tuple[Step, ...]:
+        last_ns = max(i for i, s in enumerate(self.steps) if s.where == NS)
+        return self.steps[last_ns + 1:]
+
+    def describe(self) -> str:
+        lines = [f"plan for job {self.job.job_id} (user {self.job.user}, uid {self.job.uid}, "
+                 f"gid {self.job.gid}) on node {self.cfg.node_name}:"]
+        lines += [f"{i:3d}. {s.describe()}" for i, s in enumerate(self.steps, 1)]
+        return "\n".join(lines)
+
+
+def private_dirs(cfg: NodeConfig) -> tuple[str, ...]:
+    """The `dirs` entries that are bind-mounted from a backing dir (all but /dev/shm)."""
+    return tuple(d for d in cfg.dirs if d != SHM_DIR)
+
+
+def build_plan(cfg: NodeConfig, job: Job) -> Plan:
+    if cfg.base_path is None:
+        raise ValueError("jobns is disabled on this node (no base_path)")
+    paths = JobPaths.of(cfg.base_path, job.job_id)
+    flags = tuple(cfg.clone_ns_flags)
+    steps: list[Step] = []
+    add = steps.append
+
+    add(Step("ensure-base", HOST, "ensure_base", cfg.base_path,
+             "create 0755 if auto_base_path; own private mount"))
+    add(Step("mkdir-job", HOST, "mkdir", paths.job_dir, "0700 root",
+             {"mode": 0o700, "owner": None}))
+    add(Step("mkdir-ns", HOST, "mkdir", paths.ns_dir, "0700 root", {"mode": 0o700, "owner": None}))
+    add(Step("record", HOST, "record", paths.record, "state creating"))
+    add(Step("pin-file", HOST, "pin_file", paths.pin, "empty file for the mount pin"))
+    add(Step("mkdir-src", HOST, "mkdir", paths.src, f"0700 {job.uid}:root",
+             {"mode": 0o700, "owner": (job.uid, -1)}))
+    for d in private_dirs(cfg):
+        add(Step(f"mkdir-dir:{d}", HOST, "mkdir", paths.backing(d), f"0700 {job.uid}",
+                 {"mode": 0o700, "owner": (job.uid, -1)}))
+    if cfg.init_script:
+        add(Step("init-script", HOST, "hook", cfg.init_script, "timeout 10 s",
+                 {"hook": "init_script"}))
+    add(Step("unshare", HOST, "unshare", None, "|".join(flags)))
+    if cfg.new_user:
+        if cfg.user_ns_script:
+            add(Step("user-ns-script", HOST, "hook", cfg.user_ns_script,
+                     "writes uid_map/gid_map, timeout 10 s", {"hook": "user_ns_script"}))
+        else:
+            add(Step("user-map", HOST, "usermap", None, "identity map 0 0 4294967295"))
+    add(Step("pin-mnt", HOST, "pin", paths.pin, "bind /proc/<child>/ns/mnt"))
+    add(Step("propagation", NS, "propagation", "/",
+             "rshared then rslave" if cfg.shared else "rprivate"))
+    for d in private_dirs(cfg):
+        add(Step(f"bind:{d}", NS, "bind", d, f"from {paths.backing(d)}",
+                 {"source": paths.backing(d)}))
+    if SHM_DIR in cfg.dirs:
+        add(Step(f"tmpfs:{SHM_DIR}", NS, "shm", SHM_DIR, "fresh tmpfs mode=1777,nosuid,nodev"))
+    add(Step("hide-base", NS, "hide", cfg.base_path, "empty read-only tmpfs over base_path"))
+    if cfg.new_pid:
+        add(Step("init", NS, "init", "/proc", "PID 1 reaper; fresh /proc"))
+    add(Step("record-ready", HOST, "ready", paths.record, "state ready"))
+    add(Step("index", HOST, "index", None, "runtime index entry"))
+    if cfg.clone_ns_script:
+        add(Step("clone-ns-script", HOST, "hook", cfg.clone_ns_script,
+                 f"timeout {cfg.clone_ns_script_wait} s", {"hook": "clone_ns_script"}))
+    return Plan(cfg=cfg, job=job, paths=paths, clone_flags=flags, steps=tuple(steps))
