@@ -1,0 +1,296 @@
+"""Shared by the three readers: findings, located settings, value checks, and the step
+that turns merged settings into a validated `NodeConfig`.
+
+A reader parses its file into *located settings* (value + line + key as written), keyed
+by `NodeConfig` field name, and collects *findings*. A finding is an error (the file is
+unusable) or a warning (jobns runs, but the file is suspect: unknown keys, things Slurm
+would treat differently). `check` reports both; `load` raises the first error and puts
+warnings in `NodeConfig.warnings`.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import socket
+import stat
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobns.config.model import (CLONE_NEWNS, DEFAULT_DIRS, DEFAULT_WAIT, KNOWN_CLONE_FLAGS,
+                                NodeConfig)
+from jobns.errors import ConfigError
+
+ERROR = "error"
+WARNING = "warning"
+MAX_WAIT = 2**32 - 2  # largest uint32 Slurm accepts that is not INFINITE
+
+SCRIPT_FIELDS = ("init_script", "clone_ns_script", "clone_ns_epilog", "user_ns_script")
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One value from the file, with where it was written."""
+
+    value: Any
+    line: int | None
+    key: str
+
+
+@dataclass(slots=True)
+class Findings:
+    """Errors and warnings of one file, in the order found."""
+
+    file: str
+    items: list[tuple[str, ConfigError]] = field(default_factory=list)
+
+    def error(self, message: str, *, line: int | None = None, key: str | None = None,
+              hint: str | None = None) -> None:
+        self.items.append((ERROR, ConfigError(message, file=self.file, line=line, key=key,
+                                              hint=hint)))
+
+    def warn(self, message: str, *, line: int | None = None, key: str | None = None,
+             hint: str | None = None) -> None:
+        self.items.append((WARNING, ConfigError(message, file=self.file, line=line, key=key,
+                                                hint=hint)))
+
+    def extend(self, other: "Findings") -> None:
+        self.items.extend(other.items)
+
+    @property
+    def errors(self) -> list[ConfigError]:
+        return [e for sev, e in self.items if sev == ERROR]
+
+    @property
+    def warnings(self) -> list[ConfigError]:
+        return [e for sev, e in self.items if sev == WARNING]
+
+    def sorted(self) -> list[ConfigError]:
+        seen = set()
+        out = []
+        for _sev, e in sorted(self.items, key=lambda it: (it[1].line or 0)):
+            text = str(e)
+            if text not in seen:
+                seen.add(text)
+                out.append(e)
+        return out
+
+
+# ---------------------------------------------------------------- value checks
+
+def check_abs_path(value: str, fnd: Findings, line: int | None, key: str, what: str) -> bool:
+    """An absolute path without '..' components, NULs or surrounding whitespace."""
+    if value != value.strip():
+        fnd.error(f"{what} {value!r} has leading or trailing whitespace", line=line, key=key,
+                  hint="Slurm does not trim it; remove the spaces")
+        return False
+    if "\0" in value:
+        fnd.error(f"{what} contains a NUL byte", line=line, key=key)
+        return False
+    if not value.startswith("/"):
+        fnd.error(f"{what} {value!r} is not an absolute path", line=line, key=key,
+                  hint=f"write it as /{value.lstrip('./')}" if value else None)
+        return False
+    if ".." in value.split("/"):
+        fnd.error(f"{what} {value!r} has a '..' component", line=line, key=key,
+                  hint=f"write the resolved path {posixpath.normpath(value)}")
+        return False
+    return True
+
+
+def check_script(value: str, fnd: Findings, line: int | None, key: str) -> bool:
+    """Static check of a script path (absolute); existence is checked separately."""
+    return check_abs_path(value, fnd, line, key, "script")
+
+
+def script_problem(path: str) -> str | None:
+    """Why `path` cannot be run as a hook script, or None if it can."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        return f"cannot use script {path}: {exc.strerror or exc}"
+    if not stat.S_ISREG(st.st_mode):
+        return f"script {path} is not a regular file"
+    if not os.access(path, os.X_OK):
+        return f"script {path} is not executable"
+    return None
+
+
+def split_dirs(value: str) -> list[str]:
+    """Slurm's Dirs: comma-separated; empty items are skipped, nothing is trimmed."""
+    return [d for d in value.split(",") if d != ""]
+
+
+def check_dirs(dirs: list[str], fnd: Findings, line: int | None, key: str) -> tuple[str, ...] | None:
+    """Validate a dirs list; return it as a tuple, or None when it is unusable."""
+    ok = True
+    if not dirs:
+        fnd.error("dirs lists no directory", line=line, key=key,
+                  hint="leave it out for the default /tmp,/dev/shm")
+        return None
+    seen: set[str] = set()
+    for d in dirs:
+        if d != d.strip():
+            fnd.error(f"dirs entry {d!r} has spaces around it", line=line, key=key,
+                      hint="Slurm does not trim dirs entries; write them as "
+                           + ",".join(x.strip() for x in dirs))
+            ok = False
+            continue
+        if not check_abs_path(d, fnd, line, key, "dirs entry"):
+            ok = False
+            continue
+        norm = posixpath.normpath(d)
+        if norm == "/":
+            fnd.error("dirs entry '/' would hide the whole file system", line=line, key=key)
+            ok = False
+            continue
+        if norm in seen:
+            fnd.error(f"dirs entry {d} is listed twice", line=line, key=key,
+                      hint="remove the duplicate")
+            ok = False
+            continue
+        seen.add(norm)
+        if norm != d and norm != d.rstrip("/"):
+            fnd.warn(f"dirs entry {d!r} is not in normal form ({norm})", line=line, key=key,
+                     hint="the per-job directory name is made from the text as written")
+    return tuple(dirs) if ok else None
+
+
+def parse_flags(tokens: list[str], fnd: Findings, line: int | None, key: str) -> tuple[str, ...]:
+    """Clone flags from tokens; unknown tokens are warnings (Slurm ignores them)."""
+    found = {CLONE_NEWNS}
+    for tok in tokens:
+        t = tok.strip().upper()
+        if not t:
+            continue
+        if t in KNOWN_CLONE_FLAGS:
+            found.add(t)
+        else:
+            fnd.warn(f"unknown clone flag {tok.strip()!r} is ignored", line=line, key=key,
+                     hint="known flags: " + ", ".join(KNOWN_CLONE_FLAGS))
+    return tuple(f for f in KNOWN_CLONE_FLAGS if f in found)
+
+
+def is_none_path(value: str) -> bool:
+    """Slurm's test: the first four characters are 'none', in any case."""
+    return value[:4].lower() == "none"
+
+
+def short_hostname() -> str:
+    return socket.gethostname().split(".", 1)[0]
+
+
+def expand_base_path(value: str, node: str, hostname: str) -> str:
+    """Replace the first %h with the short hostname and the first %n with the node name."""
+    return value.replace("%h", hostname, 1).replace("%n", node, 1)
+
+
+def _under(child: str, parent: str) -> bool:
+    child = posixpath.normpath(child)
+    parent = posixpath.normpath(parent)
+    return child == parent or child.startswith(parent.rstrip("/") + "/")
+
+
+# ---------------------------------------------------------------- finalize
+
+def finalize(settings: dict[str, Setting], *, node: str, hostname: str | None, fnd: Findings,
+             source: str, origin: str, key_names: dict[str, str]) -> NodeConfig:
+    """Turn merged settings into a NodeConfig, adding relation findings to `fnd`.
+
+    `key_names` maps field names to the format's spelling, for findings about values
+    that came from a default rather than from the file.
+    """
+    def val(name, default=None):
+        s = settings.get(name)
+        return default if s is None else s.value
+
+    def where(name):
+        s = settings.get(name)
+        return (s.line, s.key) if s is not None else (None, key_names.get(name, name))
+
+    base = val("base_path")
+    if base is not None:
+        line, key = where("base_path")
+        if is_none_path(base):
+            if base.lower() != "none":
+                fnd.warn(f"base_path {base!r} disables jobns on this node because it starts "
+                         "with 'none'", line=line, key=key,
+                         hint="write exactly none if that is meant")
+            base = None
+        else:
+            unknown = set(re.findall(r"%(.)", base)) - {"h", "n"}
+            if unknown:
+                fnd.warn("base_path: only %h and %n are replaced; "
+                         + ", ".join("%" + c for c in sorted(unknown)) + " stay as written",
+                         line=line, key=key)
+            if "%h" in base:
+                base = expand_base_path(base, node, hostname or short_hostname())
+            else:
+                base = expand_base_path(base, node, "")
+            if not check_abs_path(base, fnd, line, key, "base_path"):
+                base = None
+    dirs = val("dirs", DEFAULT_DIRS)
+    if base is not None:
+        bline, bkey = where("base_path")
+        dline, dkey = where("dirs")
+        dirs_given = "dirs" in settings
+        for d in dirs:
+            if not d.startswith("/"):
+                continue
+            if _under(d, base):
+                same = posixpath.normpath(d) == posixpath.normpath(base)
+                fnd.error(f"dir {d} is {'the base path' if same else 'under the base path'} "
+                          f"{base}", line=dline if dirs_given else bline,
+                          key=dkey if dirs_given else bkey,
+                          hint="the base path cannot also be a private dir; choose a base "
+                               "outside every dir (e.g. /var/lib/jobns)")
+            elif _under(base, d):
+                default_note = "" if dirs_given else " (the default dirs are /tmp,/dev/shm)"
+                fnd.error(f"base path {base} lies under the private dir {d}{default_note}",
+                          line=bline, key=bkey,
+                          hint="jobs would hide the per-job directories; move the base "
+                               "outside every dir (e.g. /var/lib/jobns). Slurm does not "
+                               "catch this")
+    flags = val("clone_ns_flags", (CLONE_NEWNS,))
+    if val("user_ns_script") and "CLONE_NEWUSER" not in flags:
+        line, key = where("user_ns_script")
+        fnd.warn("user_ns_script only runs when clone_ns_flags has CLONE_NEWUSER", line=line,
+                 key=key, hint="add CLONE_NEWUSER to clone_ns_flags or remove the script")
+    w1 = val("clone_ns_script_wait", 0) or DEFAULT_WAIT
+    w2 = val("clone_ns_epilog_wait", 0) or DEFAULT_WAIT
+    return NodeConfig(
+        node_name=node,
+        base_path=base,
+        auto_base_path=bool(val("auto_base_path", False)),
+        dirs=tuple(dirs),
+        shared=bool(val("shared", False)),
+        clone_ns_flags=flags,
+        init_script=val("init_script"),
+        clone_ns_script=val("clone_ns_script"),
+        clone_ns_script_wait=w1,
+        clone_ns_epilog=val("clone_ns_epilog"),
+        clone_ns_epilog_wait=w2,
+        user_ns_script=val("user_ns_script"),
+        disable_bpf_token=bool(val("disable_bpf_token", False)),
+        entire_step_in_ns=bool(val("entire_step_in_ns", False)),
+        source=source,
+        origin=origin,
+    )
+
+
+def check_effective_scripts(cfg: NodeConfig, settings: dict[str, Setting], fnd: Findings,
+                            key_names: dict[str, str]) -> None:
+    """Error for each script of this node's config that cannot be run here."""
+    if not cfg.enabled:
+        return
+    for name in SCRIPT_FIELDS:
+        path = getattr(cfg, name)
+        if not path:
+            continue
+        problem = script_problem(path)
+        if problem:
+            s = settings.get(name)
+            fnd.error(problem, line=s.line if s else None,
+                      key=s.key if s else key_names.get(name, name),
+                      hint="install it, make it executable (chmod 755), or remove the key")

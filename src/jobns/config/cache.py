@@ -1,0 +1,152 @@
+"""A validated on-disk cache of loaded NodeConfigs, so job starts skip YAML parsing.
+
+One JSON file per (config path, node) under ``$JOBNS_RUNTIME_DIR/config-cache/``
+(default ``/run/jobns/config-cache/``). An entry is used only when its key matches
+exactly: the config file's identity (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns),
+the format, node name, short hostname (for ``%h``) and the jobns version.
+
+Trust: the directory and the file must be owned by root (or by the current user, for an
+unprivileged process, which then only trusts what it wrote itself), must not be group-
+or world-writable, and must not be symlinks; otherwise the entry is ignored. Writes are
+atomic (temporary file + rename). No cache failure ever fails a load: every error here
+means "no cache".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+
+from jobns.config.model import KNOWN_CLONE_FLAGS, NodeConfig
+
+DEFAULT_RUNTIME_DIR = "/run/jobns"
+SUBDIR = "config-cache"
+MAX_ENTRY = 1 << 20
+_FORMAT_VERSION = 1
+
+
+def cache_dir() -> str:
+    return os.path.join(os.environ.get("JOBNS_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR, SUBDIR)
+
+
+def make_key(path: str, st: os.stat_result, fmt: str, node: str, hostname: str) -> dict:
+    from jobns import __version__
+
+    return {
+        "v": _FORMAT_VERSION,
+        "jobns": __version__,
+        "path": os.path.abspath(path),
+        "format": fmt,
+        "file": [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns],
+        "node": node,
+        "hostname": hostname,
+    }
+
+
+def _entry_path(key: dict) -> str:
+    digest = hashlib.sha256(f"{key['path']}\0{key['format']}\0{key['node']}".encode(
+        "utf-8", "surrogateescape")).hexdigest()[:40]
+    return os.path.join(cache_dir(), digest + ".json")
+
+
+def _trusted(st: os.stat_result) -> bool:
+    return st.st_uid in (0, os.geteuid()) and not (st.st_mode & 0o022)
+
+
+def get(key: dict) -> NodeConfig | None:
+    """The cached NodeConfig for `key`, or None (missing, stale, untrusted or corrupt)."""
+    try:
+        dst = os.lstat(cache_dir())
+        if not stat.S_ISDIR(dst.st_mode) or not _trusted(dst):
+            return None
+        fd = os.open(_entry_path(key), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode) or not _trusted(fst) or fst.st_size > MAX_ENTRY:
+                return None
+            data = os.read(fd, MAX_ENTRY + 1)
+        finally:
+            os.close(fd)
+        entry = json.loads(data)
+        if not isinstance(entry, dict) or entry.get("key") != key:
+            return None
+        return _from_dict(entry.get("config"))
+    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
+        return None
+
+
+def put(key: dict, cfg: NodeConfig) -> bool:
+    """Store `cfg` under `key`; False (never an exception) if that was not possible."""
+    tmp = None
+    try:
+        d = cache_dir()
+        parent = os.path.dirname(d)
+        if not os.path.isdir(parent):
+            os.makedirs(parent, 0o755, exist_ok=True)
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        dst = os.lstat(d)
+        if not stat.S_ISDIR(dst.st_mode) or not _trusted(dst):
+            return False
+        target = _entry_path(key)
+        tmp = f"{target}.{os.getpid()}.tmp"
+        payload = json.dumps({"key": key, "config": cfg.as_dict()}, sort_keys=True).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            os.write(fd, payload)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+        tmp = None
+        return True
+    except (OSError, ValueError, TypeError):
+        return False
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+_STR_OR_NONE = ("base_path", "init_script", "clone_ns_script", "clone_ns_epilog",
+                "user_ns_script")
+_BOOLS = ("auto_base_path", "shared", "disable_bpf_token", "entire_step_in_ns")
+_INTS = ("clone_ns_script_wait", "clone_ns_epilog_wait")
+_STRS = ("node_name", "source", "origin")
+_LISTS = ("dirs", "clone_ns_flags", "warnings")
+
+
+def _from_dict(d) -> NodeConfig | None:
+    """Rebuild a NodeConfig, checking every field's type; None if anything is off."""
+    if not isinstance(d, dict):
+        return None
+    expected = set(_STR_OR_NONE + _BOOLS + _INTS + _STRS + _LISTS)
+    if set(d) != expected:
+        return None
+    for k in _STR_OR_NONE:
+        if d[k] is not None and not isinstance(d[k], str):
+            return None
+    for k in _BOOLS:
+        if not isinstance(d[k], bool):
+            return None
+    for k in _INTS:
+        if type(d[k]) is not int or d[k] < 1:
+            return None
+    for k in _STRS:
+        if not isinstance(d[k], str):
+            return None
+    for k in _LISTS:
+        if not isinstance(d[k], list) or not all(isinstance(x, str) for x in d[k]):
+            return None
+    if not set(d["clone_ns_flags"]) <= set(KNOWN_CLONE_FLAGS):
+        return None
+    args = dict(d)
+    for k in _LISTS:
+        args[k] = tuple(d[k])
+    return NodeConfig(**args)
