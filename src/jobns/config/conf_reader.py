@@ -157,6 +157,9 @@ def _node_line(pairs, lineno: int, fnd: Findings, doc: ConfDoc, per_node: bool) 
                 continue
             try:
                 hostlist = hl.parse(value)
+                for problem in hostlist.slurm_problems():
+                    fnd.warn(problem, line=lineno, key=key,
+                             hint="split the range if Slurm also reads this file")
             except hl.HostlistError as exc:
                 fnd.error(f"{value!r} is not a valid hostlist: {exc}", line=lineno, key=key,
                           hint="write names like n1 or ranges like n[2-4,6]")

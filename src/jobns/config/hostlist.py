@@ -28,7 +28,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-MAX_DIGITS = 18          # any range bound longer than this is certainly a typo
+SLURM_MAX_RANGE = 65536  # Slurm refuses one range of more names ("Too many hosts in range")
+MAX_DIGITS = 64          # longest digit run read as a range bound
+MAX_VALUE = 2**64 - 1    # Slurm reads bounds as unsigned long
 EXPAND_LIMIT = 100_000   # python-hostlist's own cap on the size of an expansion
 
 _ALLOWED = re.compile(r"[A-Za-z0-9._\-\[\],\s]*\Z")
@@ -85,7 +87,7 @@ class _Pattern:
         last = gi + 1 == len(self.groups)
         for stop in range(end, pos, -1):
             digits = name[pos:stop]
-            if len(digits) > MAX_DIGITS + 1:
+            if len(digits) > MAX_DIGITS:
                 continue
             if not any(r.accepts(digits) for r in ranges):
                 continue
@@ -134,6 +136,17 @@ class HostList:
     def __len__(self) -> int:
         """Number of names, counting duplicates (``n[1-3],n2`` has 4)."""
         return len(self._names) + sum(p.size for p in self._patterns)
+
+    def slurm_problems(self) -> list[str]:
+        """What Slurm would refuse although jobns accepts it (ranges over 65536 names)."""
+        out = []
+        for p in self._patterns:
+            for ranges in p.groups:
+                for r in ranges:
+                    if r.size > SLURM_MAX_RANGE:
+                        out.append(f"range {r.lo}-{r.hi} has {r.size} names; Slurm refuses "
+                                   f"ranges of more than {SLURM_MAX_RANGE} (jobns accepts it)")
+        return out
 
     def normalized(self) -> str:
         """The expression with separators as single commas and no whitespace."""
@@ -254,6 +267,8 @@ def _parse_group(tok: str, body: str) -> tuple[_Range, ...]:
             raise HostlistError(f"{tok!r}: number in {item!r} has more than {MAX_DIGITS} digits")
         lo = int(lo_s)
         hi = int(hi_s) if hi_s is not None else lo
+        if hi > MAX_VALUE:
+            raise HostlistError(f"{tok!r}: {item!r} is larger than Slurm can read")
         if hi < lo:
             raise HostlistError(f"{tok!r}: range {item!r} runs backwards")
         ranges.append(_Range(lo, hi, len(lo_s)))

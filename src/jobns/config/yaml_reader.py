@@ -223,7 +223,11 @@ def _nodes(v, fnd: Findings, where: str) -> list:
                       line=_line(item), key="nodes", hint=hint)
             continue
         try:
-            out.append(hl.parse(item.value))
+            h = hl.parse(item.value)
+            out.append(h)
+            for problem in h.slurm_problems():
+                fnd.warn(problem, line=_line(item), key="nodes",
+                         hint="split the range if Slurm also reads this file")
         except hl.HostlistError as exc:
             fnd.error(f"{item.value!r} is not a valid hostlist: {exc}", line=_line(item),
                       key="nodes", hint="write names like n1 or ranges like n[2-4,6]")
