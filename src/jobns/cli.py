@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="one shot: create a job namespace, run CMD in it, delete it")
     s.add_argument("--user", help="run as this user (default: the caller)")
     s.add_argument("--job", metavar="ID", help="job id (default: a fresh run-XXXXXXXX)")
-    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    s.add_argument("cmd", nargs="*", metavar="-- CMD")
 
     s = sub.add_parser("create", help="create the namespace of job JOB")
     s.add_argument("job", metavar="JOB")
@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("exec", help="run CMD inside the namespace of job JOB")
     s.add_argument("job", metavar="JOB")
     s.add_argument("--user", help="run as this user (default: the job's user)")
-    s.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD...")
+    s.add_argument("cmd", nargs="*", metavar="-- CMD")
 
     s = sub.add_parser("delete", help="tear down the namespace of JOB and remove its files")
     s.add_argument("job", metavar="JOB")
@@ -110,8 +110,6 @@ class Context:
 
 
 def _command(cmd: list[str]) -> list[str]:
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
     if not cmd:
         raise UsageError("no command given (use: -- CMD ARGS...)")
     return cmd
@@ -289,10 +287,25 @@ COMMANDS = {"run": cmd_run, "create": cmd_create, "exec": cmd_exec, "delete": cm
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # `run` and `exec` take the job's command after "--"; split it off before argparse so
+    # that the command's own options are never read as jobns options.
+    command: list[str] | None = None
+    if "--" in argv and any(c in argv[:argv.index("--")] for c in ("run", "exec")):
+        i = argv.index("--")
+        argv, command = argv[:i], argv[i + 1:]
     args = build_parser().parse_args(argv)
+    if command is not None:
+        if getattr(args, "cmd", None):
+            build_parser().error("give the command after '--' only")
+        args.cmd = command
     ctx = Context(args)
     try:
-        return COMMANDS[args.command](ctx, args)
+        code = COMMANDS[args.command](ctx, args)
+        if args.command in ("run", "exec") and code < 0:
+            from jobns.lifecycle import exit_like
+            return exit_like(code)
+        return code
     except JobnsError as e:
         ctx.log("error", str(e))
         return e.exit_code

@@ -712,6 +712,8 @@ def _delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True
             _remove_into(result, trash_fd, trash_name, f"{paths.job_dir}")
         finally:
             os.close(trash_fd)
+        if result.ok:
+            _drop_empty_trash(base_fd)
     except OSError as e:
         result.ok = False
         result.failures.append((paths.job_dir, "rename", errno.errorcode.get(e.errno, "?"),
@@ -727,6 +729,11 @@ def _delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True
         log("error", f"job {job_id}: delete incomplete: {result.summary()} "
             f"(left in {base}/{TRASH}; retried by the next delete or restore)")
     return result
+
+
+def _drop_empty_trash(base_fd: int) -> None:
+    with contextlib.suppress(OSError):   # ENOTEMPTY: other deletes are under way
+        os.rmdir(TRASH, dir_fd=base_fd)
 
 
 def _open_trash(base_fd: int) -> int:
@@ -780,6 +787,8 @@ def purge_trash(cfg: NodeConfig, log=null_log) -> DeleteResult:
                 _remove_into(result, trash_fd, name, os.path.join(base, TRASH, name))
         finally:
             os.close(trash_fd)
+        if result.ok:
+            _drop_empty_trash(base_fd)
     finally:
         os.close(base_fd)
     if result.files or result.dirs:
@@ -1008,11 +1017,28 @@ def become(ident: Identity, cwd: str | None, env: dict[str, str]) -> None:
                 continue
 
 
+def exit_like(code: int) -> int:
+    """Make this process end the way the job's command did: a negative code means killed
+    by that signal, which is re-raised on ourselves (without a core dump), so callers see
+    the same status as if they had run the command directly."""
+    if code >= 0:
+        return code
+    import resource
+    sig = -code
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    with contextlib.suppress(ValueError, OSError):
+        signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+        os.kill(os.getpid(), sig)
+    return 128 + sig
+
+
 def exec_in(cfg: NodeConfig, job_id: str, argv: list[str], *, user: str | None = None,
             log=null_log) -> int:
-    """Run argv inside the job's namespaces as the job user (or `user`); return its exit
-    status (128+N if killed by signal N). Without a PID namespace the command replaces
-    this process; with one, this process waits for it and relays signals."""
+    """Run argv inside the job's namespaces as the job user (or `user`). Without a PID
+    namespace the command replaces this process; with one, this process waits for it,
+    relays signals and returns its status (-N: killed by signal N; see exit_like)."""
     if not argv:
         raise UsageError("no command given")
     handle = open_job(cfg, job_id)
@@ -1054,7 +1080,8 @@ def _fork_exec_wait(argv: list[str], ident: Identity, cwd: str | None,
 
 
 def wait_relaying(pid: int) -> int:
-    """Wait for `pid`, forwarding SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2 to it."""
+    """Wait for `pid`, forwarding SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1/2 to it.
+    Returns its exit code, or -N if signal N killed it (see exit_like)."""
     relayed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
                signal.SIGUSR2)
 
@@ -1073,19 +1100,19 @@ def wait_relaying(pid: int) -> int:
     finally:
         for s, h in old.items():
             signal.signal(s, h)
-    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else \
-        128 + os.WTERMSIG(status)
+    return os.waitstatus_to_exitcode(status)
 
 
 def run(cfg: NodeConfig, job: Job, argv: list[str], *, log=null_log) -> int:
-    """One shot: create, run argv as the job user inside, delete; return argv's status."""
+    """One shot: create, run argv as the job user inside, delete; return argv's status
+    (-N if signal N killed it)."""
     create(cfg, job, log=log, owner_pid=os.getpid())
     try:
         pid = os.fork()
         if pid == 0:  # pragma: no cover - joins and execs
             code = 127
             try:
-                code = exec_in(cfg, job.job_id, argv, log=log)
+                code = exit_like(exec_in(cfg, job.job_id, argv, log=log))
             except BaseException as e:
                 sys.stderr.write(f"jobns: {e}\n")
             finally:
