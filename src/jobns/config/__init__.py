@@ -209,6 +209,7 @@ def _parse(path: str):
 
 
 def _raise_first(errors: list[ConfigError]) -> None:
+    errors = sorted(errors, key=lambda e: e.line or 0)
     first = errors[0]
     hint = first.hint
     if len(errors) > 1:

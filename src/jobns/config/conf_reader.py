@@ -17,8 +17,8 @@ import re
 from dataclasses import dataclass
 
 from jobns.config import hostlist as hl
-from jobns.config._common import (MAX_WAIT, Findings, Setting, check_dirs, check_script,
-                                  split_dirs)
+from jobns.config._common import (MAX_WAIT, Findings, Setting, check_abs_path, check_dirs,
+                                  check_script, is_none_path, split_dirs)
 
 # lower-case key -> (field, Slurm spelling, type)
 KEYS = {
@@ -264,9 +264,7 @@ def _value(kind: str, key: str, value: str, lineno: int, fnd: Findings):
             fnd.error("empty BasePath", line=lineno, key=key,
                       hint="write BasePath=/path, or BasePath=none to disable")
             return None
-        if value != value.strip():
-            fnd.error(f"BasePath {value!r} has leading or trailing whitespace", line=lineno,
-                      key=key, hint="remove the spaces inside the quotes")
+        if not is_none_path(value) and not check_abs_path(value, fnd, lineno, key, "BasePath"):
             return None
         return value
     if kind == "script":

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 
 from jobns.config import hostlist as hl
-from jobns.config._common import (MAX_WAIT, Findings, Setting, check_dirs, check_script,
-                                  parse_flags, split_dirs)
+from jobns.config._common import (MAX_WAIT, Findings, Setting, check_abs_path, check_dirs,
+                                  check_script, is_none_path, parse_flags, split_dirs)
 
 T_STR = "tag:yaml.org,2002:str"
 T_BOOL = "tag:yaml.org,2002:bool"
@@ -255,9 +255,8 @@ def _options(vnode, fnd: Findings, where: str) -> dict:
             if val == "":
                 fnd.warn("an empty base_path is ignored", line=line, key=key,
                          hint="write none to disable jobns here")
-            elif isinstance(val, str) and val.strip() != val:
-                fnd.error(f"base_path {val!r} has leading or trailing whitespace",
-                          line=line, key=key, hint="remove the spaces")
+            elif isinstance(val, str) and not is_none_path(val) and not check_abs_path(
+                    val, fnd, line, key, "base_path"):
                 val = _INVALID
         elif key in SCRIPT_KEYS:
             val = _str(v, fnd, key)
