@@ -762,8 +762,12 @@ def _run_epilog(cfg: NodeConfig, record: dict, job_id: str, paths: JobPaths, log
     from jobns import hooks
     job = Job(job_id=job_id, uid=int(record.get("uid", -1)), gid=int(record.get("gid", -1)),
               user=str(record.get("user", "")), env=dict(record.get("env") or {}))
-    result = hooks.run_configured(hooks.HOOK_EPILOG, cfg, job, job_dir=paths.job_dir,
-                                  slurm_conf=job.env.get("SLURM_CONF"), log=log)
+    try:
+        result = hooks.run_configured(hooks.HOOK_EPILOG, cfg, job, job_dir=paths.job_dir,
+                                      slurm_conf=job.env.get("SLURM_CONF"), log=log)
+    except OperationError as e:     # e.g. the script is missing: logged, teardown goes on
+        log("warning", f"job {job_id}: clone_ns_epilog not run: {e}; continuing the teardown")
+        return
     if result is not None and not result.ok:
         log("warning", f"job {job_id}: clone_ns_epilog {cfg.clone_ns_epilog} failed "
             f"(status {result.status}, signal {result.signal}, timed out {result.timed_out}); "
