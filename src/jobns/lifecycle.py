@@ -575,6 +575,7 @@ def _start_init(plan: Plan) -> int:
             os.closerange(3, ready_w)
             os.closerange(ready_w + 1, 65536)
             os.setsid()
+            os.chdir("/")   # never hold the creator's cwd (a busy mount in the job for ever)
             os.set_inheritable(ready_w, True)
             os.execv(python, [python, "-I", "-S", reaper, plan.job.job_id, str(ready_w)])
         except BaseException as e:
