@@ -344,6 +344,8 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
         if msg.get("event") != "ready":
             raise _child_error(msg)
         init_pid = msg.get("init_pid")
+        if init_pid:
+            _warn_init_oom(init_pid, job.job_id, log)
         _reap(child.pid)
         child.close()
         child = None
@@ -556,6 +558,19 @@ def _ns_step(step: Step, plan: Plan) -> int | None:
     else:
         raise OperationError(step.name, f"unknown step kind {step.kind}")
     return None
+
+
+def _warn_init_oom(pid: int, job_id: str, log) -> None:
+    """The reaper asks for oom_score_adj -1000; going below the inherited value needs
+    CAP_SYS_RESOURCE, which some nodes withhold from root. Say so instead of failing."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            adj = int(f.read())
+    except (OSError, ValueError):
+        return
+    if adj != -1000:
+        log("warning", f"job {job_id}: PID 1 keeps oom_score_adj {adj}, not -1000 "
+            "(lowering it needs CAP_SYS_RESOURCE, which this process lacks)")
 
 
 def _start_init(plan: Plan) -> int:
