@@ -1,0 +1,90 @@
+"""CLI contract that needs no root: parsing, usage errors, exit codes, job ids."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jobns import cli
+from jobns.errors import UsageError
+from jobns.job import is_slurm_job_id, validate_job_id
+
+JOBNS = [sys.executable, "-m", "jobns"]
+
+
+def run(*args, env=None):
+    e = dict(os.environ, JOBNS_CONFIG="", SLURM_CONF="/nonexistent/slurm.conf")
+    e.update(env or {})
+    return subprocess.run([*JOBNS, *args], capture_output=True, text=True, env=e, timeout=60)
+
+
+@pytest.mark.parametrize("good", ["1", "4294967293", "run-1a2b", "A.b_c-d", "x" * 64])
+def test_valid_job_ids(good):
+    assert validate_job_id(good) == good
+
+
+@pytest.mark.parametrize("bad", ["", "0", "007", "4294967294", "../x", "a/b", ".hidden",
+                                 "-rf", "x" * 65, "a b", "ab.", "é"])
+def test_invalid_job_ids(bad):
+    with pytest.raises(UsageError) as exc:
+        validate_job_id(bad)
+    assert "job id" in str(exc.value)
+
+
+def test_slurm_job_id_detection():
+    assert is_slurm_job_id("12") and not is_slurm_job_id("run-1") and not is_slurm_job_id("012")
+
+
+def test_exec_splits_command_at_double_dash():
+    p = cli.build_parser()
+    args = p.parse_args(["exec", "5", "--user", "bob"])
+    assert args.job == "5" and args.user == "bob"
+
+
+def test_usage_errors_exit_2():
+    r = run("frobnicate")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+    r = run("create", "5")
+    assert r.returncode == 2 and "--user" in r.stderr
+    r = run("exec", "5")
+    assert r.returncode == 2
+
+
+def test_config_show_builtin_default_json():
+    r = run("config", "show", "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["base_path"] == "/var/lib/jobns" and d["auto_base_path"] is True
+    assert d["dirs"] == ["/tmp", "/dev/shm"] and d["clone_ns_flags"] == ["CLONE_NEWNS"]
+    assert d["source"] == "built-in"
+
+
+def test_create_dry_run_needs_no_root(tmp_path):
+    cfg = tmp_path / "namespace.yaml"
+    cfg.write_text("defaults:\n  base_path: /srv/jobns\n  dirs: /tmp,/var/tmp,/dev/shm\n")
+    r = run("--config", str(cfg), "--node", "n1", "create", "9", "--uid", "4242", "--gid",
+            "42", "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "plan for job 9 (user 4242, uid 4242, gid 42) on node n1:" in r.stdout
+    assert "[ns] bind:/var/tmp /var/tmp  (from /srv/jobns/9/.9/_var_tmp)" in r.stdout
+    assert not os.path.exists("/srv/jobns/9")
+
+
+def test_config_error_exits_2_with_location(tmp_path):
+    cfg = tmp_path / "namespace.yaml"
+    cfg.write_text("defaults:\n  base_path: relative/path\n")
+    r = run("--config", str(cfg), "config", "show")
+    assert r.returncode == 2
+    assert f"{cfg}:2" in r.stderr and "base_path" in r.stderr
+
+
+def test_privileged_commands_refuse_non_root(monkeypatch, capsys):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("JOBNS_CONFIG", "")
+    monkeypatch.setenv("SLURM_CONF", "/nonexistent/slurm.conf")
+    for argv in (["create", "5", "--uid", "1000"], ["delete", "5"], ["restore"],
+                 ["run", "--", "true"], ["exec", "5", "--", "true"]):
+        assert cli.main(argv) == 2, argv
+        assert "needs root" in capsys.readouterr().err
