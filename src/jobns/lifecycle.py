@@ -336,6 +336,8 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
                         f.write("0 0 4294967295\n")
             elif step.kind == "hook":
                 _run_hook_step(step, plan, log, ns_pid=child.pid)
+                if step.args.get("hook") == "user_ns_script":
+                    _check_user_maps(child.pid, step)
             elif step.kind == "pin":
                 kernel.mount(f"/proc/{child.pid}/ns/mnt", paths.pin, None, kernel.MS_BIND)
         step = None
@@ -395,6 +397,20 @@ def _run_hook_step(step: Step, plan: Plan, log, ns_pid: int | None = None) -> No
                f"exit status {result.status}")
         tail = result.output.strip().splitlines()[-1:] if result.output else []
         raise OperationError(step.name, f"{why}" + (f": {tail[0]}" if tail else ""),
+                             path=step.path)
+
+
+def _check_user_maps(pid: int, step: Step) -> None:
+    """A user_ns_script that exits 0 without writing the maps would leave a job whose
+    every id is the overflow id (and the job user could not even be switched to)."""
+    empty = []
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{pid}/{name}") as f:
+            if not f.read().strip():
+                empty.append(name)
+    if empty:
+        raise OperationError(step.name, "the script exited 0 but did not write "
+                             + " and ".join(f"/proc/$SLURM_NS_PID/{n}" for n in empty),
                              path=step.path)
 
 
