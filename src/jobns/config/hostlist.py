@@ -26,8 +26,6 @@ python-hostlist, imported only when something must actually be listed.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-
 SLURM_MAX_RANGE = 65536  # Slurm refuses one range of more names ("Too many hosts in range")
 MAX_DIGITS = 64          # longest digit run read as a range bound
 MAX_VALUE = 2**64 - 1    # Slurm reads bounds as unsigned long
@@ -46,27 +44,32 @@ class HostlistError(ValueError):
     """An expression Slurm would not accept; the message says which part and why."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Range:
-    lo: int
-    hi: int
-    width: int
+class _Range(tuple):
+    """(lo, hi, width): the numbers lo..hi, zero-padded to width digits."""
+
+    __slots__ = ()
+
+    lo = property(lambda self: self[0])
+    hi = property(lambda self: self[1])
+    width = property(lambda self: self[2])
 
     def accepts(self, digits: str) -> bool:
         n = int(digits)
-        return self.lo <= n <= self.hi and digits == f"{n:0{self.width}d}"
+        return self[0] <= n <= self[1] and digits == f"{n:0{self[2]}d}"
 
     @property
     def size(self) -> int:
-        return self.hi - self.lo + 1
+        return self[1] - self[0] + 1
 
 
-@dataclass(frozen=True, slots=True)
 class _Pattern:
     """One name of the list: literals[0] group[0] literals[1] group[1] … literals[-1]."""
 
-    literals: tuple[str, ...]
-    groups: tuple[tuple[_Range, ...], ...]
+    __slots__ = ("literals", "groups")
+
+    def __init__(self, literals: tuple[str, ...], groups: tuple[tuple[_Range, ...], ...]):
+        self.literals = literals
+        self.groups = groups
 
     def matches(self, name: str) -> bool:
         if not self.groups:
@@ -203,8 +206,19 @@ def expand(expression: str, limit: int = EXPAND_LIMIT) -> list[str]:
     return out
 
 
+_BALANCED = re.compile(r"[^\[\]]*(?:\[[^\[\]\s]*\][^\[\]]*)*\Z")
+_ITEM = re.compile(r"(?:[^,\s\[]|\[[^\]]*\])+")
+_GROUP = re.compile(r"\[([^\]]*)\]")
+
+
 def _split(text: str) -> list[str]:
     """Split at commas and whitespace outside brackets; drop empty items."""
+    if _BALANCED.match(text):
+        return _ITEM.findall(text)
+    return _split_slow(text)  # to say precisely what is wrong
+
+
+def _split_slow(text: str) -> list[str]:
     items: list[str] = []
     depth = 0
     start = 0
@@ -231,25 +245,18 @@ def _split(text: str) -> list[str]:
 
 
 def _parse_name(tok: str) -> _Pattern:
-    literals: list[str] = []
-    groups: list[tuple[_Range, ...]] = []
-    pos = 0
-    while True:
-        open_ = tok.find("[", pos)
-        if open_ < 0:
-            literals.append(tok[pos:])
-            break
-        close = tok.index("]", open_)  # balanced: checked by _split
-        literals.append(tok[pos:open_])
-        groups.append(_parse_group(tok, tok[open_ + 1:close]))
-        pos = close + 1
-    if groups and literals[-1]:
+    if "[" not in tok:
+        if "]" in tok:
+            raise HostlistError(f"']' without '[' in {tok!r}")
+        return _Pattern((tok,), ())
+    parts = _GROUP.split(tok)      # literal, body, literal, body, …, literal
+    literals = tuple(parts[0::2])
+    groups = tuple(_parse_group(tok, body) for body in parts[1::2])
+    if literals[-1]:
         raise HostlistError(
             f"{tok!r}: text {literals[-1]!r} after the last ']' is not accepted by Slurm 22.05 "
             "(write the suffix inside the name before the brackets, or list the names)")
-    if not groups and "]" in tok:
-        raise HostlistError(f"']' without '[' in {tok!r}")
-    return _Pattern(tuple(literals), tuple(groups))
+    return _Pattern(literals, groups)
 
 
 def _parse_group(tok: str, body: str) -> tuple[_Range, ...]:
@@ -271,5 +278,5 @@ def _parse_group(tok: str, body: str) -> tuple[_Range, ...]:
             raise HostlistError(f"{tok!r}: {item!r} is larger than Slurm can read")
         if hi < lo:
             raise HostlistError(f"{tok!r}: range {item!r} runs backwards")
-        ranges.append(_Range(lo, hi, len(lo_s)))
+        ranges.append(_Range((lo, hi, len(lo_s))))
     return tuple(ranges)

@@ -54,25 +54,67 @@ class YamlDoc:
     has_node_confs: bool
 
 
+_PLAIN = "?plain"
+# Plain scalars that YAML 1.1 (PyYAML's resolver) reads as something other than a string:
+# these words, and values starting with a digit or one of "+-.<=~" (numbers, timestamps,
+# .inf/.nan, the merge and value keys, null). Everything else is a string.
+_WORDS = {w: T_BOOL for w in (
+    "yes Yes YES no No NO true True TRUE false False FALSE on On ON off Off OFF").split()}
+_WORDS.update({"null": T_NULL, "Null": T_NULL, "NULL": T_NULL})
+_MAYBE_NOT_STR = frozenset("0123456789+-.<=~")
+_loader_class = None
+_resolver = None
+yaml = None  # the PyYAML module, imported by _loader() on first use
+
+
+def _loader(text: str):
+    """A C loader that leaves plain scalars unresolved; `_t` resolves them on demand."""
+    global _loader_class, _resolver, yaml
+    if _loader_class is None:
+        import yaml as _yaml
+
+        yaml = _yaml
+
+        class Loader(yaml.CSafeLoader):
+            def resolve(self, kind, value, implicit):
+                if kind is yaml.ScalarNode:
+                    return _PLAIN if implicit[0] else T_STR
+                return super().resolve(kind, value, implicit)
+
+        _loader_class = Loader
+        _resolver = yaml.resolver.Resolver()
+    return _loader_class(text)
+
+
+def _t(node) -> str:
+    """The node's tag, resolving a plain scalar the way YAML 1.1 (PyYAML) does."""
+    tag = node.tag
+    if tag == _PLAIN:
+        value = node.value
+        if value and value[0] not in _MAYBE_NOT_STR:
+            tag = _WORDS.get(value, T_STR)
+        else:
+            tag = _resolver.resolve(yaml.ScalarNode, value, (True, False))
+        node.tag = tag
+    return tag
+
+
 def _line(node) -> int:
     return node.start_mark.line + 1
 
 
 def _kind(node) -> str:
-    import yaml
     if isinstance(node, yaml.MappingNode):
         return "a mapping"
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     return {T_BOOL: "a boolean", T_INT: "an integer", T_FLOAT: "a number", T_NULL: "null",
-            T_STR: "a string"}.get(node.tag, f"a value tagged {node.tag}")
+            T_STR: "a string"}.get(_t(node), f"a value tagged {_t(node)}")
 
 
 def parse(text: str, fnd: Findings) -> YamlDoc | None:
     """Parse namespace.yaml text; None when it is not YAML at all (an error is recorded)."""
-    import yaml
-
-    loader = yaml.CSafeLoader(text)
+    loader = _loader(text)
     try:
         root = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -94,7 +136,7 @@ def parse(text: str, fnd: Findings) -> YamlDoc | None:
 
     doc = YamlDoc(defaults=None, defaults_line=None, entries=[], top_bpf=None,
                   has_node_confs=False)
-    if root is None or (isinstance(root, yaml.ScalarNode) and root.tag == T_NULL):
+    if root is None or (isinstance(root, yaml.ScalarNode) and _t(root) == T_NULL):
         fnd.warn("the file has neither defaults nor node_confs: jobns is disabled on every node",
                  line=1, hint="add a defaults section with a base_path")
         return doc
@@ -106,7 +148,7 @@ def parse(text: str, fnd: Findings) -> YamlDoc | None:
         key = knode.value
         if key == "defaults":
             doc.defaults_line = _line(knode)
-            if isinstance(vnode, yaml.ScalarNode) and vnode.tag == T_NULL:
+            if isinstance(vnode, yaml.ScalarNode) and _t(vnode) == T_NULL:
                 doc.defaults = {}
                 fnd.warn("defaults is empty", line=_line(knode), key="defaults")
             else:
@@ -134,15 +176,13 @@ def parse(text: str, fnd: Findings) -> YamlDoc | None:
 
 def _pairs(mapping, fnd: Findings, where: str):
     """Yield (key node, value node) with string keys; report duplicates and odd keys."""
-    import yaml
-
     seen: dict[str, int] = {}
     for knode, vnode in mapping.value:
-        if not isinstance(knode, yaml.ScalarNode) or knode.tag not in (T_STR, T_MERGE):
+        if not isinstance(knode, yaml.ScalarNode) or _t(knode) not in (T_STR, T_MERGE):
             fnd.error(f"keys in {where} must be plain names, not {_kind(knode)}",
                       line=_line(knode))
             continue
-        if knode.tag == T_MERGE:
+        if _t(knode) == T_MERGE:
             fnd.error("YAML merge keys (<<) are not supported", line=_line(knode), key="<<",
                       hint="write the keys out; Slurm does not support them either")
             continue
@@ -163,9 +203,7 @@ def _unknown(fnd: Findings, key: str, line: int, known, where: str) -> None:
 
 
 def _node_confs(vnode, fnd: Findings) -> list:
-    import yaml
-
-    if isinstance(vnode, yaml.ScalarNode) and vnode.tag == T_NULL:
+    if isinstance(vnode, yaml.ScalarNode) and _t(vnode) == T_NULL:
         return []
     if not isinstance(vnode, yaml.SequenceNode):
         fnd.error(f"node_confs must be a list of {{nodes, options}} entries, not {_kind(vnode)}",
@@ -187,7 +225,7 @@ def _node_confs(vnode, fnd: Findings) -> list:
             if key == "nodes":
                 hostlists = _nodes(v, fnd, where)
             elif key == "options":
-                if isinstance(v, yaml.ScalarNode) and v.tag == T_NULL:
+                if isinstance(v, yaml.ScalarNode) and _t(v) == T_NULL:
                     fnd.warn(f"{where}.options is empty", line=_line(knode), key="options")
                 else:
                     options = _options(v, fnd, f"{where}.options")
@@ -205,8 +243,6 @@ def _node_confs(vnode, fnd: Findings) -> list:
 
 
 def _nodes(v, fnd: Findings, where: str) -> list:
-    import yaml
-
     items = v.value if isinstance(v, yaml.SequenceNode) else [v]
     if isinstance(v, yaml.MappingNode):
         fnd.error(f"{where}.nodes must be a hostlist string or a list of them, not a mapping",
@@ -217,7 +253,7 @@ def _nodes(v, fnd: Findings, where: str) -> list:
                  key="nodes")
     out = []
     for item in items:
-        if not isinstance(item, yaml.ScalarNode) or item.tag not in (T_STR,):
+        if not isinstance(item, yaml.ScalarNode) or _t(item) not in (T_STR,):
             hint = "quote it" if isinstance(item, yaml.ScalarNode) else None
             fnd.error(f"{where}.nodes entries must be strings, got {_kind(item)}",
                       line=_line(item), key="nodes", hint=hint)
@@ -236,8 +272,6 @@ def _nodes(v, fnd: Findings, where: str) -> list:
 
 def _options(vnode, fnd: Findings, where: str) -> dict:
     """Parse an options/defaults mapping into {field: Setting} (present, non-empty keys)."""
-    import yaml
-
     if not isinstance(vnode, yaml.MappingNode):
         fnd.error(f"{where} must be a mapping of options, not {_kind(vnode)}",
                   line=_line(vnode))
@@ -281,12 +315,10 @@ def _options(vnode, fnd: Findings, where: str) -> dict:
 
 
 def _bool(v, fnd: Findings, key: str):
-    import yaml
-
-    if isinstance(v, yaml.ScalarNode) and v.tag == T_BOOL:
+    if isinstance(v, yaml.ScalarNode) and _t(v) == T_BOOL:
         return v.value.lower() in ("true", "yes", "on")
     hint = "write true or false"
-    if isinstance(v, yaml.ScalarNode) and v.tag == T_STR and v.value.lower() in (
+    if isinstance(v, yaml.ScalarNode) and _t(v) == T_STR and v.value.lower() in (
             "true", "false", "yes", "no", "on", "off"):
         hint = "write true or false without quotes"
     fnd.error(f"expected true or false, got {_kind(v)}"
@@ -296,12 +328,10 @@ def _bool(v, fnd: Findings, key: str):
 
 
 def _wait(v, fnd: Findings, key: str):
-    import yaml
-
-    if isinstance(v, yaml.ScalarNode) and v.tag in (T_INT, T_STR):
+    if isinstance(v, yaml.ScalarNode) and _t(v) in (T_INT, T_STR):
         text = v.value.strip()
         if _DECIMAL.match(text):
-            if v.tag == T_INT and len(text) > 1 and text[0] == "0":
+            if _t(v) == T_INT and len(text) > 1 and text[0] == "0":
                 fnd.error(f"{text} has a leading zero: YAML 1.1 reads it as octal "
                           f"{int(text, 8) if set(text) <= set('01234567') else text}, "
                           f"Slurm reads {int(text)}", line=_line(v), key=key,
@@ -325,18 +355,16 @@ def _wait(v, fnd: Findings, key: str):
 
 def _str(v, fnd: Findings, key: str):
     """A string value; None for null; _INVALID (with a finding) for anything else."""
-    import yaml
-
     if isinstance(v, yaml.ScalarNode):
-        if v.tag == T_STR:
+        if _t(v) == T_STR:
             return v.value
-        if v.tag == T_NULL:
+        if _t(v) == T_NULL:
             return None
-        if v.tag == T_BOOL:
+        if _t(v) == T_BOOL:
             fnd.error(f"YAML 1.1 reads the unquoted {v.value!r} as a boolean, not a string",
                       line=_line(v), key=key, hint=f'quote it: "{v.value}"')
             return _INVALID
-        if v.tag in (T_INT, T_FLOAT):
+        if _t(v) in (T_INT, T_FLOAT):
             fnd.error(f"expected a string, YAML read {v.value!r} as a number",
                       line=_line(v), key=key, hint=f'quote it: "{v.value}"')
             return _INVALID
@@ -346,8 +374,6 @@ def _str(v, fnd: Findings, key: str):
 
 def _str_items(v, fnd: Findings, key: str):
     """A string or a list of strings, as a list; _INVALID on a type error."""
-    import yaml
-
     if isinstance(v, yaml.SequenceNode):
         out = []
         for item in v.value:
