@@ -57,11 +57,11 @@ class YamlDoc:
 _PLAIN = "?plain"
 # Plain scalars that YAML 1.1 (PyYAML's resolver) reads as something other than a string:
 # these words, and values starting with a digit or one of "+-.<=~" (numbers, timestamps,
-# .inf/.nan, the merge and value keys, null). Everything else is a string.
+# .inf/.nan, the merge and value keys, null, and "!&*"). Everything else is a string.
 _WORDS = {w: T_BOOL for w in (
     "yes Yes YES no No NO true True TRUE false False FALSE on On ON off Off OFF").split()}
 _WORDS.update({"null": T_NULL, "Null": T_NULL, "NULL": T_NULL})
-_MAYBE_NOT_STR = frozenset("0123456789+-.<=~")
+_MAYBE_NOT_STR = frozenset("0123456789+-.<=~!&*")
 _loader_class = None
 _resolver = None
 yaml = None  # the PyYAML module, imported by _loader() on first use
