@@ -34,6 +34,10 @@ def _set_title(title: str) -> None:
 
 
 def main() -> None:
+    # Python catches SIGINT (KeyboardInterrupt at the next wake-up). The kernel only
+    # delivers to a PID 1, from inside its namespace, the signals it handles: with the
+    # default action restored, root inside the job cannot kill the reaper (and the job).
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     job_id, ready_fd = sys.argv[1], int(sys.argv[2])
     _set_title(f"jobns: [{job_id}.namespace]")
     try:

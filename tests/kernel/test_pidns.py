@@ -159,3 +159,23 @@ def test_pid1_dies_and_job_is_reported_broken_not_reused(node):
     assert listed["301"]["state"] == "broken"
     assert lifecycle.delete(cfg, "301").ok
     assert not os.path.exists(node.job_dir("301"))
+
+
+def test_signals_from_inside_do_not_kill_pid1(node):
+    """Root inside the job may signal PID 1; the kernel drops signals whose action is the
+    default, so only a signal PID 1 handles could hurt it. Python handles SIGINT by
+    default (KeyboardInterrupt at the next wake-up, i.e. the next orphan): the reaper must
+    not."""
+    _create(node)
+    init = init_pid(node, "301")
+    st = start_time(init)
+    _sh(node, "301", "for s in INT TERM HUP QUIT USR1 USR2 PIPE ALRM KILL; do kill -$s 1; done; "
+        "(sleep 0.1 </dev/null >/dev/null 2>&1 &); sleep 0.3", user="root")
+    pidns = ns_ino(init, "pid")
+    wait_until(lambda: set(procs_in_pidns(pidns)) == {init}, 10, "the orphan to be reaped")
+    assert alive(init, st)
+    with open(f"/proc/{init}/status") as f:
+        caught = int(next(ln for ln in f if ln.startswith("SigCgt:")).split()[1], 16)
+    assert caught == 0, hex(caught)
+    r = _sh(node, "301", "true")
+    assert r.returncode == 0
