@@ -7,6 +7,7 @@ Imports are lazy: a job start (`create`) loads only what it uses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -100,8 +101,8 @@ class Context:
 
     def config(self, node: str | None = None):
         from jobns import config
-        if node is not None:
-            return config.load(config.discover(self.config_path), node)
+        if node is not None:   # another node's view: its scripts need not exist here
+            return config.load(config.discover(self.config_path), node, check_scripts=False)
         if self._cfg is None:
             self._cfg = config.load(config.discover(self.config_path), self.node_name)
             for w in self._cfg.warnings:
@@ -243,7 +244,7 @@ def cmd_config(ctx: Context, args) -> int:
             import json
             print(json.dumps(cfg.as_dict(), indent=1))
         else:
-            print(_format_config(cfg))
+            sys.stdout.write(config.format_show(cfg))
         return EXIT_OK
     path = args.file or config.discover(ctx.config_path)
     if path is None:
@@ -258,22 +259,6 @@ def cmd_config(ctx: Context, args) -> int:
         return EXIT_FAILED
     print(f"{path}: ok")
     return EXIT_OK
-
-
-def _format_config(cfg) -> str:
-    d = cfg.as_dict()
-    lines = [f"# node {cfg.node_name}: {cfg.source} ({cfg.origin})"]
-    if not cfg.enabled:
-        lines.append("# jobns is disabled on this node")
-    for key, value in d.items():
-        if key in ("node_name", "source", "origin", "warnings"):
-            continue
-        if isinstance(value, list):
-            value = ",".join(value)
-        lines.append(f"{key}: {'' if value is None else value}")
-    for w in cfg.warnings:
-        lines.append(f"# warning: {w}")
-    return "\n".join(lines)
 
 
 def cmd_slurm(ctx: Context, args) -> int:
@@ -311,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:   # e.g. `jobns list | head`
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
