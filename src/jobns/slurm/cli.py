@@ -1,0 +1,208 @@
+"""`jobns slurm ...`: the Slurm entry points.
+
+  prolog        create the job's namespaces (Prolog= script or SPANK job_prolog)
+  epilog        delete them (Epilog= script or SPANK job_epilog)
+  restore       at slurmd start: delete namespaces of jobs with no live slurmstepd
+  live-jobs     print the jobs that have a live slurmstepd on this node
+  build-plugin  compile the SPANK plugin and print its plugstack.conf line
+  write-scripts write Prolog/Epilog wrapper scripts for slurm.conf
+
+The core CLI calls ``main(argv, ctx)``; ctx has ``config_path``, ``node`` and
+``log(level, msg)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+
+from jobns.errors import JobnsError, UsageError
+
+DISABLED_MARKER = "slurm-disabled"   # read by the SPANK plugin (jobns_spank.c)
+
+
+def runtime_dir() -> str:
+    from jobns.lifecycle import runtime_dir as core_runtime_dir
+    return core_runtime_dir()
+
+
+def _load_config(ctx, node: str):
+    from jobns import config
+    return config.load(config.discover(ctx.config_path), node)
+
+
+def _mark_disabled(disabled: bool) -> None:
+    """Tell the SPANK plugin that a job without a namespace is expected on this node."""
+    path = os.path.join(runtime_dir(), DISABLED_MARKER)
+    if disabled:
+        os.makedirs(runtime_dir(), mode=0o700, exist_ok=True)
+        with open(path, "w") as f:
+            f.write("jobns is disabled on this node by its configuration\n")
+    else:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def cmd_prolog(args, ctx) -> int:
+    from jobns import lifecycle
+    from jobns.slurm.env import job_from_env, node_name
+    job = job_from_env(os.environ)
+    node = node_name(ctx.node)
+    cfg = _load_config(ctx, node)
+    if not cfg.enabled:
+        _mark_disabled(True)
+        ctx.log("info", f"job {job.job_id}: jobns is disabled on node {node} "
+                        f"({cfg.source}); no namespace created")
+        return 0
+    _mark_disabled(False)
+    lifecycle.create(cfg, job, log=ctx.log)
+    return 0
+
+
+def cmd_epilog(args, ctx) -> int:
+    from jobns import lifecycle
+    from jobns.slurm.env import job_id_from_env, node_name
+    job_id = job_id_from_env(os.environ)
+    node = node_name(ctx.node)
+    cfg = _load_config(ctx, node)
+    if not cfg.enabled:
+        return 0
+    result = lifecycle.delete(cfg, job_id, log=ctx.log)
+    return 0 if result.ok else 1
+
+
+def _live(args, ctx) -> tuple[str, str, set[str]]:
+    from jobns.slurm.env import node_name
+    from jobns.slurm.live import live_jobs, slurmd_spool_dir
+    node = node_name(ctx.node)
+    spool = args.spool_dir or slurmd_spool_dir(args.slurm_conf, node)
+    if not os.path.isdir(spool):
+        raise UsageError(f"SlurmdSpoolDir {spool} does not exist (pass --spool-dir or "
+                         "--slurm-conf, or --node if NodeName is not the short hostname)")
+    return node, spool, live_jobs(spool, node, log=ctx.log)
+
+
+def cmd_live_jobs(args, ctx) -> int:
+    _, _, live = _live(args, ctx)
+    for job_id in sorted(live, key=int):
+        print(job_id)
+    return 0
+
+
+def cmd_restore(args, ctx) -> int:
+    from jobns import lifecycle
+    node, spool, live = _live(args, ctx)
+    cfg = _load_config(ctx, node)
+    _mark_disabled(not cfg.enabled)
+    if not cfg.enabled:
+        ctx.log("info", f"jobns is disabled on node {node} ({cfg.source}); nothing to restore")
+        return 0
+    ctx.log("info", f"restore on node {node}: live jobs from {spool}: "
+                    f"{','.join(sorted(live, key=int)) or 'none'}")
+    result = lifecycle.restore(cfg, live, log=ctx.log)
+    return 0 if result.ok else 1
+
+
+def _no_space(value: str, what: str) -> str:
+    if re.search(r"\s", value):
+        raise UsageError(f"{what} {value!r}: plugstack.conf arguments cannot contain spaces")
+    return value
+
+
+def cmd_build_plugin(args, ctx) -> int:
+    import sys
+    from jobns.slurm import build
+    if args.output and args.prefix:
+        raise UsageError("give either --prefix or --output")
+    output = os.path.abspath(args.output or os.path.join(args.prefix or sys.prefix, "lib",
+                                                         "jobns", build.PLUGIN))
+    jobns_exe = os.path.abspath(args.jobns) if args.jobns else build.default_jobns()
+    config_path = os.path.abspath(ctx.config_path) if ctx.config_path else None
+    for value, what in ((output, "plugin path"), (jobns_exe, "jobns path"),
+                        (config_path or "", "config path"), (args.runtime or "", "runtime dir")):
+        _no_space(value, what)
+    warnings = build.build(output, include_dir=args.include_dir, cc=args.cc)
+    if warnings:
+        ctx.log("warning", f"compiler output:\n{warnings}")
+    print(f"built {output}")
+    print("add this line to plugstack.conf (PlugStackConfig, default plugstack.conf next to "
+          "slurm.conf) and set PrologFlags=Contain in slurm.conf:")
+    print(build.plugstack_line(output, jobns_exe, config=config_path,
+                               runtime=args.runtime, prolog=not args.no_prolog))
+    return 0
+
+
+def cmd_write_scripts(args, ctx) -> int:
+    import shlex
+    from jobns.slurm import build
+    jobns_exe = os.path.abspath(args.jobns) if args.jobns else build.default_jobns()
+    head = [jobns_exe]
+    if ctx.config_path:
+        head += ["--config", os.path.abspath(ctx.config_path)]
+    os.makedirs(args.dir, mode=0o755, exist_ok=True)
+    for action in ("prolog", "epilog"):
+        path = os.path.join(args.dir, f"jobns-{action}")
+        env = f"JOBNS_RUNTIME_DIR={shlex.quote(args.runtime)} " if args.runtime else ""
+        text = ("#!/bin/sh\n"
+                f"# Slurm {action.capitalize()}= for jobns (written by `jobns slurm write-scripts`)\n"
+                f"{env}exec {shlex.join(head + ['slurm', action])}\n")
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)
+        print(f"{action.capitalize()}={path}")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="jobns slurm", description="Slurm integration of jobns")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("prolog", help="create the job's namespaces (Slurm Prolog environment)")
+    s.set_defaults(func=cmd_prolog)
+    s = sub.add_parser("epilog", help="delete the job's namespaces (Slurm Epilog environment)")
+    s.set_defaults(func=cmd_epilog)
+    for name, func, text in (
+            ("restore", cmd_restore, "delete namespaces of jobs that are not running here"),
+            ("live-jobs", cmd_live_jobs, "print jobs with a live slurmstepd on this node")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("--spool-dir", help="SlurmdSpoolDir (default: from slurm.conf)")
+        s.add_argument("--slurm-conf", help="slurm.conf (default: $SLURM_CONF or "
+                                            "/etc/slurm/slurm.conf)")
+        s.set_defaults(func=func)
+
+    s = sub.add_parser("build-plugin", help="compile the SPANK plugin against slurm/spank.h")
+    s.add_argument("--prefix", help="install to PREFIX/lib/jobns/jobns_spank.so "
+                                    "(default: this installation's prefix)")
+    s.add_argument("--output", help="exact path of the .so to write")
+    s.add_argument("--include-dir", help="directory that holds slurm/spank.h")
+    s.add_argument("--cc", help="C compiler (default: $CC, cc, gcc)")
+    s.add_argument("--jobns", help="jobns executable named in the plugstack line")
+    s.add_argument("--runtime", help="runtime dir named in the plugstack line")
+    s.add_argument("--no-prolog", action="store_true",
+                   help="plugstack line with prolog=no (Prolog=/Epilog= scripts do it)")
+    s.set_defaults(func=cmd_build_plugin)
+
+    s = sub.add_parser("write-scripts", help="write jobns-prolog/jobns-epilog for slurm.conf")
+    s.add_argument("dir", help="directory to write them to")
+    s.add_argument("--jobns", help="jobns executable they run")
+    s.add_argument("--runtime", help="JOBNS_RUNTIME_DIR they set")
+    s.set_defaults(func=cmd_write_scripts)
+    return p
+
+
+def main(argv: list[str], ctx) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    try:
+        return args.func(args, ctx)
+    except JobnsError as exc:
+        ctx.log("error", str(exc))
+        return exc.exit_code
