@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-
 from jobns.errors import UsageError
+from jobns.values import Frozen
 
 # Slurm job ids are decimal and below NO_VAL (0xfffffffe). Standalone jobs may also use a
 # name; it must be safe as a single path component and cannot look like an option.
@@ -36,8 +35,7 @@ def is_slurm_job_id(name: str) -> bool:
         1 <= int(name) <= _MAX_NUMERIC
 
 
-@dataclass(frozen=True, slots=True)
-class Job:
+class Job(Frozen):
     """A job as the lifecycle sees it.
 
     `env` carries the scheduler's job variables that hook scripts receive
@@ -48,4 +46,10 @@ class Job:
     uid: int
     gid: int
     user: str
-    env: dict[str, str] = field(default_factory=dict, compare=False)
+    env: dict[str, str] | None = None
+
+    _nocompare = ("env",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "env", dict(self.env or {}))

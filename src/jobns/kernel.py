@@ -11,7 +11,7 @@ import ctypes
 import fcntl
 import os
 import struct
-from dataclasses import dataclass
+from jobns.values import Frozen
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -124,8 +124,7 @@ def require_single_threaded(what: str) -> None:
         raise OSError(22, f"{what} needs a single-threaded process, this one has {n} threads")
 
 
-@dataclass(frozen=True, slots=True)
-class MountInfo:
+class MountInfo(Frozen):
     mount_id: int
     parent_id: int
     root: str

@@ -31,14 +31,13 @@ import select
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
-
 from jobns import kernel
 from jobns.config.model import SHM_DIR, NodeConfig
 from jobns.errors import OperationError, UsageError
 from jobns.job import Job, validate_job_id
 from jobns.log import null_log
 from jobns.plan import HOST, JobPaths, Plan, Step, build_plan
+from jobns.values import Frozen
 
 TRASH = ".jobns-trash"
 FAIL_ENV = "JOBNS_TEST_FAIL_STEP"       # failure injection, used by the test suite
@@ -219,12 +218,14 @@ def ensure_base(cfg: NodeConfig, log=null_log) -> str:
 # ---------------------------------------------------------------------------------------
 # create
 
-@dataclass
 class _Child:
-    pid: int
-    to_child: int
-    from_child: int
-    buf: bytes = b""
+    """The forked namespace child and the two pipes to talk to it."""
+
+    def __init__(self, pid: int, to_child: int, from_child: int):
+        self.pid = pid
+        self.to_child = to_child
+        self.from_child = from_child
+        self.buf = b""
 
     def send(self, data: bytes) -> None:
         os.write(self.to_child, data)
@@ -635,17 +636,25 @@ def _start_init(plan: Plan) -> int:
 # ---------------------------------------------------------------------------------------
 # delete
 
-@dataclass
 class DeleteResult:
-    job_id: str
-    existed: bool
-    ok: bool = True
-    files: int = 0
-    dirs: int = 0
-    failures: list = field(default_factory=list)     # (path, op, errno name, message)
-    skipped_mounts: list = field(default_factory=list)
-    killed: int = 0
-    seconds: float = 0.0
+    """What a delete did: counts, and what it could not remove.
+    `failures` holds (path, operation, errno name, message) tuples."""
+
+    def __init__(self, job_id: str, existed: bool):
+        self.job_id = job_id
+        self.existed = existed
+        self.ok = True
+        self.files = 0
+        self.dirs = 0
+        self.failures: list[tuple[str, str, str, str]] = []
+        self.skipped_mounts: list[str] = []
+        self.killed = 0
+        self.seconds = 0.0
+
+    def __repr__(self):
+        return (f"DeleteResult(job_id={self.job_id!r}, existed={self.existed}, ok={self.ok}, "
+                f"files={self.files}, dirs={self.dirs}, failures={self.failures!r}, "
+                f"skipped_mounts={self.skipped_mounts!r}, killed={self.killed})")
 
     def summary(self) -> str:
         parts = []
@@ -835,12 +844,12 @@ def purge_trash(cfg: NodeConfig, log=null_log) -> DeleteResult:
 # ---------------------------------------------------------------------------------------
 # restore, fini, list
 
-@dataclass
 class RestoreResult:
-    base: str
-    kept: list[str] = field(default_factory=list)
-    removed: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
+    def __init__(self, base: str):
+        self.base = base
+        self.kept: list[str] = []
+        self.removed: list[str] = []
+        self.failed: list[str] = []
 
     @property
     def ok(self) -> bool:
@@ -929,15 +938,15 @@ def list_jobs(cfg: NodeConfig) -> list[dict]:
 # ---------------------------------------------------------------------------------------
 # join
 
-@dataclass
 class JobNamespaces:
     """Open fds of a job's namespaces, in join order (PID, USER, MNT)."""
 
-    job_id: str
-    record: dict
-    mnt: int
-    user: int | None = None
-    pid: int | None = None
+    def __init__(self, job_id: str, record: dict, mnt: int):
+        self.job_id = job_id
+        self.record = record
+        self.mnt = mnt
+        self.user: int | None = None
+        self.pid: int | None = None
 
     def close(self) -> None:
         for fd in (self.pid, self.user, self.mnt):
@@ -1000,8 +1009,7 @@ def join(handle: JobNamespaces) -> None:
         handle.close()
 
 
-@dataclass(frozen=True)
-class Identity:
+class Identity(Frozen):
     uid: int
     gid: int
     groups: tuple[int, ...]

@@ -22,17 +22,15 @@ PID 1 (`.ns/pid1`, verified against the mount pin before use).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
-
 from jobns.config.model import SHM_DIR, NodeConfig, mangle
 from jobns.job import Job
+from jobns.values import Frozen
 
 HOST = "host"
 NS = "ns"
 
 
-@dataclass(frozen=True, slots=True)
-class JobPaths:
+class JobPaths(Frozen):
     base: str
     job_dir: str
     ns_dir: str
@@ -54,8 +52,7 @@ class JobPaths:
         return os.path.join(self.src, mangle(target))
 
 
-@dataclass(frozen=True, slots=True)
-class Step:
+class Step(Frozen):
     """One named action. `name` is stable: errors, logs and failure injection use it."""
 
     name: str
@@ -63,7 +60,13 @@ class Step:
     kind: str               # what the executor does
     path: str | None = None
     detail: str = ""
-    args: dict = field(default_factory=dict, compare=False)
+    args: dict | None = None
+
+    _nocompare = ("args",)
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        object.__setattr__(self, "args", dict(self.args or {}))
 
     def describe(self) -> str:
         text = f"[{self.where}] {self.name}"
@@ -74,8 +77,7 @@ class Step:
         return text
 
 
-@dataclass(frozen=True, slots=True)
-class Plan:
+class Plan(Frozen):
     cfg: NodeConfig
     job: Job
     paths: JobPaths

@@ -2,6 +2,8 @@
 
 import textwrap
 
+import os
+
 import pytest
 
 from jobns.config import check, load
@@ -261,8 +263,10 @@ def test_percent_substitution_first_occurrence_only(tmp_path):
 
 
 def test_percent_h_defaults_to_short_hostname(tmp_path, monkeypatch):
-    import socket
-    monkeypatch.setattr(socket, "gethostname", lambda: "cn01.cluster.example")
+    real = os.uname()
+    fake = os.uname_result((real.sysname, "cn01.cluster.example", real.release, real.version,
+                            real.machine))
+    monkeypatch.setattr(os, "uname", lambda: fake)
     path = write(tmp_path, "defaults:\n  base_path: /var/%h\n")
     assert load(path, "n1", use_cache=False).base_path == "/var/cn01"
 

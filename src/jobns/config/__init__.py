@@ -280,10 +280,8 @@ def _cache_key(path: str, node: str, hostname: str) -> dict | None:
 
 
 def _with_warnings(cfg: NodeConfig, fnd) -> NodeConfig:
-    import dataclasses
-
     warnings = tuple(str(w) for w in fnd.sorted() if w in fnd.warnings)
-    return dataclasses.replace(cfg, warnings=warnings)
+    return cfg.replace(warnings=warnings)
 
 
 def _check_scripts(cfg: NodeConfig, settings: dict, fnd, *, raise_: bool,

@@ -13,14 +13,12 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import socket
 import stat
-from dataclasses import dataclass, field
-from typing import Any
 
 from jobns.config.model import (CLONE_NEWNS, DEFAULT_DIRS, DEFAULT_WAIT, KNOWN_CLONE_FLAGS,
                                 NodeConfig)
 from jobns.errors import ConfigError
+from jobns.values import Frozen, Record
 
 ERROR = "error"
 WARNING = "warning"
@@ -29,21 +27,24 @@ MAX_WAIT = 2**32 - 2  # largest uint32 Slurm accepts that is not INFINITE
 SCRIPT_FIELDS = ("init_script", "clone_ns_script", "clone_ns_epilog", "user_ns_script")
 
 
-@dataclass(frozen=True, slots=True)
-class Setting:
+class Setting(Frozen):
     """One value from the file, with where it was written."""
 
-    value: Any
+    value: object
     line: int | None
     key: str
 
 
-@dataclass(slots=True)
-class Findings:
+class Findings(Record):
     """Errors and warnings of one file, in the order found."""
 
     file: str
-    items: list[tuple[str, ConfigError]] = field(default_factory=list)
+    items: list[tuple[str, ConfigError]] | None = None
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        if self.items is None:
+            self.items = []
 
     def error(self, message: str, *, line: int | None = None, key: str | None = None,
               hint: str | None = None) -> None:
@@ -178,7 +179,7 @@ def is_none_path(value: str) -> bool:
 
 
 def short_hostname() -> str:
-    return socket.gethostname().split(".", 1)[0]
+    return os.uname().nodename.split(".", 1)[0]
 
 
 def expand_base_path(value: str, node: str, hostname: str) -> str:

@@ -14,10 +14,10 @@ means "no cache".
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import stat
+import zlib
 
 from jobns.config.model import KNOWN_CLONE_FLAGS, NodeConfig
 
@@ -46,8 +46,10 @@ def make_key(path: str, st: os.stat_result, fmt: str, node: str, hostname: str) 
 
 
 def _entry_path(key: dict) -> str:
-    digest = hashlib.sha256(f"{key['path']}\0{key['format']}\0{key['node']}".encode(
-        "utf-8", "surrogateescape")).hexdigest()[:40]
+    # Only a file name: the full key is stored in the entry and compared on every read,
+    # so a collision is a cache miss, never a wrong answer.
+    raw = f"{key['path']}\0{key['format']}\0{key['node']}".encode("utf-8", "surrogateescape")
+    digest = f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}"
     return os.path.join(cache_dir(), digest + ".json")
 
 

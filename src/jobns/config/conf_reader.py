@@ -14,9 +14,9 @@ node (as Slurm 23.02.5 and later).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from jobns.config import hostlist as hl
+from jobns.values import Record
 from jobns.config._common import (MAX_WAIT, Findings, Setting, check_abs_path, check_dirs,
                                   check_script, is_none_path, split_dirs)
 
@@ -43,15 +43,13 @@ _DIGITS = re.compile(r"[0-9]+\Z")
 _INCLUDE = re.compile(r"\s*include\s", re.IGNORECASE)
 
 
-@dataclass(slots=True)
-class Line:
+class Line(Record):
     lineno: int
     hostlist: object | None      # HostList, or None for a line that applies to every node
     settings: dict
 
 
-@dataclass(slots=True)
-class ConfDoc:
+class ConfDoc(Record):
     globals: dict
     lines: list
 

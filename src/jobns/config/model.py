@@ -6,7 +6,7 @@ all return a `NodeConfig`. Nothing outside jobns.config parses configuration.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from jobns.values import Frozen
 
 # Canonical clone flag names, in the order namespaces are joined (PID, USER, MNT).
 CLONE_NEWPID = "CLONE_NEWPID"
@@ -20,8 +20,7 @@ DEFAULT_WAIT = 10
 SHM_DIR = "/dev/shm"
 
 
-@dataclass(frozen=True, slots=True)
-class NodeConfig:
+class NodeConfig(Frozen):
     """Effective configuration for one node.
 
     `base_path` is None when jobns is disabled on this node (no base path, or `none`).
@@ -46,7 +45,9 @@ class NodeConfig:
     entire_step_in_ns: bool = False
     source: str = "built-in"
     origin: str = "built-in default"
-    warnings: tuple[str, ...] = field(default=(), compare=False)
+    warnings: tuple[str, ...] = ()
+
+    _nocompare = ("warnings",)
 
     @property
     def enabled(self) -> bool:
@@ -62,7 +63,7 @@ class NodeConfig:
 
     def as_dict(self) -> dict:
         """The keys of `config show --json`: namespace.yaml option names, lists as lists."""
-        d = asdict(self)
+        d = self.to_dict()
         d["dirs"] = list(self.dirs)
         d["clone_ns_flags"] = list(self.clone_ns_flags)
         d["warnings"] = list(self.warnings)

@@ -10,9 +10,9 @@ entry whose ``nodes`` contains the node name wins; its options are merged over
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from jobns.config import hostlist as hl
+from jobns.values import Record
 from jobns.config._common import (MAX_WAIT, Findings, Setting, check_abs_path, check_dirs,
                                   check_script, is_none_path, parse_flags, split_dirs)
 
@@ -37,16 +37,14 @@ _DECIMAL = re.compile(r"[0-9]+\Z")
 _INVALID = object()
 
 
-@dataclass(slots=True)
-class Entry:
+class Entry(Record):
     index: int
     line: int
     hostlists: list
     options: dict
 
 
-@dataclass(slots=True)
-class YamlDoc:
+class YamlDoc(Record):
     defaults: dict | None
     defaults_line: int | None
     entries: list
