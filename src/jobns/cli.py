@@ -16,7 +16,24 @@ from jobns.errors import JobnsError, UsageError
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
+class _Formatter(argparse.HelpFormatter):
+    """argparse's formatter asks shutil for the terminal width on every add_argument
+    (shutil imports bz2 and lzma); os.get_terminal_size answers without those imports."""
+
+    def __init__(self, prog, **kwargs):
+        if kwargs.get("width") is None:
+            try:
+                kwargs["width"] = os.get_terminal_size(sys.stderr.fileno()).columns - 2
+            except (OSError, ValueError, AttributeError):
+                kwargs["width"] = int(os.environ.get("COLUMNS", "0") or 0) or 98
+        super().__init__(prog, **kwargs)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message):  # usage errors exit 2 with the usage line, as argparse does
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"jobns: error: {message}\n")
