@@ -56,4 +56,7 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || \
     .venv/bin/python -m pip install -q --disable-pip-version-check -e ".$extras"
     echo "$extras" > "$stamp"
 fi
+# Byte-compile now: the CLI runs on every job start, and an environment with
+# PYTHONDONTWRITEBYTECODE would otherwise recompile jobns on every run.
+.venv/bin/python -m compileall -q src >/dev/null
 echo "setup.sh: ready: $(pwd)/.venv/bin/jobns"
