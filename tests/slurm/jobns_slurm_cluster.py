@@ -1,0 +1,603 @@
+"""A real single-node Slurm (Debian's slurmctld/slurmd/munge) on localhost, for the tests.
+
+Everything lives under one root directory (default /var/tmp/jobns-slurm-test): config,
+munge key and socket, state, spool, logs, the SPANK plugin, jobns' base_path and runtime
+dir. Daemons carry JOBNS_SLURM_TEST_TAG=<root> in their environment; `stop()` only signals
+processes whose pid file names them *and* that carry the tag (slurmstepd overwrites its
+environment, so ours are recognised by an open file under the root instead). Nothing is
+ever killed by name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+TAG = "JOBNS_SLURM_TEST_TAG"
+PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "libslurm-dev", "gcc")
+USERS = ("jobns-alice", "jobns-bob")
+MUNGED = "/usr/sbin/munged"
+SLURMCTLD = "/usr/sbin/slurmctld"
+SLURMD = "/usr/sbin/slurmd"
+SLURMSTEPD = "/usr/sbin/slurmstepd"
+APT_STAMP = "/var/tmp/jobns-slurm-test-apt-updated"
+RUNUSER = shutil.which("runuser") or "/usr/sbin/runuser"
+
+
+# ------------------------------------------------------------------ small process helpers
+
+def _exe(pid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return None
+
+
+def _environ_has(pid: int, entry: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return entry.encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _has_fd_under(pid: int, root: str) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith(root + "/"):
+                return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if not _alive(pid):
+            return True
+        time.sleep(0.05)
+    return not _alive(pid)
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(name))
+    return kids
+
+
+def _descendants(pid: int) -> list[int]:
+    kids = _children()
+    out, todo = [], [pid]
+    while todo:
+        for k in kids.get(todo.pop(), []):
+            out.append(k)
+            todo.append(k)
+    return out
+
+
+def mounts_under(path: str) -> list[str]:
+    """Mount points at or below `path` in this mount namespace, deepest first."""
+    path = path.rstrip("/")
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for n, line in enumerate(f):
+            mp = line.split()[4].replace("\\040", " ")
+            if mp == path or mp.startswith(path + "/"):
+                found.append((len(mp), n, mp))
+    return [mp for _, _, mp in sorted(found, reverse=True)]
+
+
+def _port_free(port: int) -> bool:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+# ------------------------------------------------------------------ installation
+
+def missing_packages() -> list[str]:
+    missing = []
+    for p in PACKAGES:
+        r = subprocess.run(["dpkg-query", "-W", "-f=${Status}", p], capture_output=True,
+                           text=True)
+        if "install ok installed" not in r.stdout:
+            missing.append(p)
+    return missing
+
+
+def install_packages() -> str | None:
+    """Install what is missing; returns a reason to skip when that is impossible."""
+    missing = missing_packages()
+    if not missing:
+        return None
+    if not shutil.which("apt-get"):
+        return f"Slurm packages missing ({' '.join(missing)}) and no apt-get on this machine"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    fresh = os.path.exists(APT_STAMP) and time.time() - os.path.getmtime(APT_STAMP) < 86400
+    if not fresh:
+        r = subprocess.run(["apt-get", "update", "-qq"], capture_output=True, text=True,
+                           env=env, timeout=600)
+        if r.returncode != 0:
+            return f"apt-get update failed (no package registry reachable?): {r.stderr[-500:]}"
+        with open(APT_STAMP, "w"):
+            pass
+    # Debian's postinst scripts would start the system munge/slurm services; a policy-rc.d
+    # that says "no" keeps them off (we run our own instances).
+    added_policy = False
+    if not os.path.exists("/usr/sbin/policy-rc.d"):
+        with open("/usr/sbin/policy-rc.d", "w") as f:
+            f.write("#!/bin/sh\nexit 101\n")
+        os.chmod("/usr/sbin/policy-rc.d", 0o755)
+        added_policy = True
+    try:
+        r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                            *missing], capture_output=True, text=True, env=env, timeout=1200)
+    finally:
+        if added_policy:
+            os.unlink("/usr/sbin/policy-rc.d")
+    if r.returncode != 0:
+        return f"apt-get install {' '.join(missing)} failed: {r.stderr[-500:]}"
+    return None
+
+
+def ensure_users() -> dict[str, pwd.struct_passwd]:
+    out = {}
+    for user in USERS:
+        try:
+            out[user] = pwd.getpwnam(user)
+        except KeyError:
+            subprocess.run(["useradd", "-m", "-U", "-s", "/bin/bash", user], check=True)
+            out[user] = pwd.getpwnam(user)
+    return out
+
+
+# ------------------------------------------------------------------ the cluster
+
+class Cluster:
+    def __init__(self, root: str, jobns: str):
+        self.root = root.rstrip("/")
+        self.jobns = jobns
+        self.etc = f"{self.root}/etc"
+        self.run_dir = f"{self.root}/run"
+        self.log_dir = f"{self.root}/log"
+        self.state = f"{self.root}/state"
+        self.spool = f"{self.root}/spool"
+        self.lib = f"{self.root}/lib"
+        self.base = f"{self.root}/base"
+        self.runtime = f"{self.root}/runtime"
+        self.scripts = f"{self.root}/scripts"
+        self.munge_dir = f"{self.root}/munge"
+        self.munge_socket = f"{self.munge_dir}/munge.socket.2"
+        self.munge_key = f"{self.etc}/munge.key"
+        self.conf = f"{self.etc}/slurm.conf"
+        self.ns_yaml = f"{self.etc}/namespace.yaml"
+        self.plugstack = f"{self.etc}/plugstack.conf"
+        self.plugin = f"{self.lib}/jobns_spank.so"
+        self.pidfiles = {"munged": f"{self.munge_dir}/munged.pid",
+                         "slurmctld": f"{self.run_dir}/slurmctld.pid",
+                         "slurmd": f"{self.run_dir}/slurmd.pid"}
+        # Debian installs some of them as alternatives symlinks (slurmctld -> slurmctld-wlm)
+        self.exes = {n: os.path.realpath(p) for n, p in
+                     (("munged", MUNGED), ("slurmctld", SLURMCTLD), ("slurmd", SLURMD))}
+        self.node = socket.gethostname().split(".", 1)[0]
+        self.ctld_port = 0
+        self.slurmd_port = 0
+        self.loopback = True
+        self.users: dict[str, pwd.struct_passwd] = {}
+        self.env = dict(os.environ, SLURM_CONF=self.conf)
+        self.env.pop("JOBNS_CONFIG", None)
+        self.started = False
+
+    # ------------------------------------------------------------- config files
+    def namespace_yaml(self, **options) -> str:
+        opts = {"base_path": self.base, "auto_base_path": True, "dirs": "/tmp,/dev/shm"}
+        opts.update(options)
+        lines = ["defaults:"]
+        for key, value in opts.items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            elif isinstance(value, (list, tuple)):
+                value = "[" + ", ".join(value) + "]"
+            else:
+                value = json.dumps(str(value))
+            lines.append(f"  {key}: {value}")
+        return "\n".join(lines) + "\n"
+
+    def set_namespace_config(self, **options) -> None:
+        """(Re)write namespace.yaml; `jobns slurm prolog` reads it for every new job."""
+        tmp = self.ns_yaml + ".tmp"
+        with open(tmp, "w") as f:
+            f.write(self.namespace_yaml(**options))
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, self.ns_yaml)
+
+    def _hardware(self) -> dict[str, str]:
+        out = subprocess.run([SLURMD, "-C"], capture_output=True, text=True, check=True).stdout
+        hw = dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
+        return hw
+
+    def _pick_ports(self) -> None:
+        for ctld in range(16817, 16917, 2):
+            if _port_free(ctld) and _port_free(ctld + 1):
+                self.ctld_port, self.slurmd_port = ctld, ctld + 1
+                return
+        raise RuntimeError("no free pair of TCP ports in 16817-16917 on 127.0.0.1")
+
+    def write_slurm_conf(self) -> None:
+        hw = self._hardware()
+        mem = max(int(int(hw.get("RealMemory", "1000")) * 0.9), 100)
+        try:
+            addr = socket.gethostbyname(socket.gethostname())
+        except OSError:
+            addr = ""
+        self.loopback = addr.startswith("127.")
+        lines = [
+            "# written by the jobns Slurm test fixture",
+            "ClusterName=jobnstest",
+            "MailProg=/bin/true",
+            "SlurmctldHost=localhost",
+            f"SlurmctldPort={self.ctld_port}",
+            f"SlurmdPort={self.slurmd_port}",
+            "SlurmUser=root",
+            "SlurmdUser=root",
+            "AuthType=auth/munge",
+            f"AuthInfo=socket={self.munge_socket}",
+            "CredType=cred/munge",
+            *(["CommunicationParameters=NoInAddrAny,NoCtldInAddrAny"] if self.loopback else []),
+            f"StateSaveLocation={self.state}",
+            f"SlurmdSpoolDir={self.spool}",
+            f"SlurmctldPidFile={self.pidfiles['slurmctld']}",
+            f"SlurmdPidFile={self.pidfiles['slurmd']}",
+            f"SlurmctldLogFile={self.log_dir}/slurmctld.log",
+            f"SlurmdLogFile={self.log_dir}/slurmd.log",
+            "SlurmctldDebug=info",
+            "SlurmdDebug=info",
+            "ProctrackType=proctrack/linuxproc",
+            "TaskPlugin=task/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/none",
+            "JobContainerType=job_container/none",
+            "MpiDefault=none",
+            "SwitchType=switch/none",
+            "SchedulerType=sched/backfill",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_Core",
+            "ReturnToService=2",
+            "SlurmctldTimeout=120",
+            "SlurmdTimeout=300",
+            "InactiveLimit=0",
+            "KillWait=5",
+            "MinJobAge=300",
+            "PrologEpilogTimeout=120",
+            "PrologFlags=Contain",
+            f"PlugStackConfig={self.plugstack}",
+            f"NodeName={self.node} NodeHostname={self.node} NodeAddr=127.0.0.1 "
+            f"CPUs={hw.get('CPUs', '1')} Boards=1 SocketsPerBoard={hw.get('SocketsPerBoard', '1')} "
+            f"CoresPerSocket={hw.get('CoresPerSocket', '1')} "
+            f"ThreadsPerCore={hw.get('ThreadsPerCore', '1')} RealMemory={mem} State=UNKNOWN",
+            f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
+        ]
+        with open(self.conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        os.chmod(self.conf, 0o644)
+
+    def build_plugin(self) -> str:
+        r = subprocess.run([self.jobns, "--config", self.ns_yaml, "slurm", "build-plugin",
+                            "--output", self.plugin, "--jobns", self.jobns,
+                            "--runtime", self.runtime],
+                           capture_output=True, text=True, env=self.env)
+        if r.returncode != 0:
+            raise RuntimeError(f"jobns slurm build-plugin failed:\n{r.stdout}{r.stderr}")
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("required ")]
+        if len(line) != 1:
+            raise RuntimeError(f"build-plugin printed no plugstack line:\n{r.stdout}")
+        with open(self.plugstack, "w") as f:
+            f.write(line[0] + "\n")
+        os.chmod(self.plugstack, 0o644)
+        return r.stdout + r.stderr
+
+    # ------------------------------------------------------------- processes
+    def pid_of(self, name: str) -> int | None:
+        """The pid in `name`'s pid file, if that process is ours and alive."""
+        try:
+            with open(self.pidfiles[name]) as f:
+                pid = int(f.read().strip() or 0)
+        except (OSError, ValueError):
+            return None
+        if pid <= 1 or not _alive(pid) or _exe(pid) != self.exes[name]:
+            return None
+        if not _environ_has(pid, f"{TAG}={self.root}"):
+            return None
+        return pid
+
+    def stepd_pids(self) -> list[int]:
+        """slurmstepd processes of our slurmd (they keep our slurmd.log open)."""
+        out = []
+        for name in os.listdir("/proc"):
+            if name.isdigit() and _exe(int(name)) == os.path.realpath(SLURMSTEPD) and \
+                    _has_fd_under(int(name), self.root):
+                out.append(int(name))
+        return out
+
+    def _spawn(self, argv: list[str], user: str | None = None) -> None:
+        env = dict(self.env, **{TAG: self.root})
+        if user:
+            argv = ["runuser", "-u", user, "--", *argv]
+        with open(f"{self.log_dir}/daemons.stderr", "ab") as err:
+            r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=err,
+                               stderr=err, timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"{argv} exited {r.returncode}; see {self.log_dir}")
+
+    def _wait_pid(self, name: str, timeout: float = 15) -> int:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            pid = self.pid_of(name)
+            if pid:
+                return pid
+            time.sleep(0.05)
+        raise RuntimeError(f"{name} did not start; last log lines:\n{self.log_tail(name)}")
+
+    def log_tail(self, name: str = "slurmd", lines: int = 30) -> str:
+        path = {"munged": f"{self.munge_dir}/munged.log"}.get(name, f"{self.log_dir}/{name}.log")
+        try:
+            with open(path, errors="replace") as f:
+                return "".join(f.readlines()[-lines:])
+        except OSError as e:
+            return f"({path}: {e.strerror})"
+
+    def slurmd_log(self) -> str:
+        with open(f"{self.log_dir}/slurmd.log", errors="replace") as f:
+            return f.read()
+
+    def start_munged(self) -> None:
+        os.makedirs(self.munge_dir, exist_ok=True)
+        shutil.chown(self.munge_dir, "munge", "munge")
+        os.chmod(self.munge_dir, 0o755)
+        if not os.path.exists(self.munge_key):
+            with open("/dev/urandom", "rb") as r, open(self.munge_key, "wb") as w:
+                w.write(r.read(1024))
+        shutil.chown(self.munge_key, "munge", "munge")
+        os.chmod(self.munge_key, 0o600)
+        self._spawn([MUNGED, f"--socket={self.munge_socket}", f"--key-file={self.munge_key}",
+                     f"--pid-file={self.pidfiles['munged']}",
+                     f"--log-file={self.munge_dir}/munged.log",
+                     f"--seed-file={self.munge_dir}/munged.seed"], user="munge")
+        self._wait_pid("munged")
+
+    def start_slurmctld(self) -> None:
+        self._spawn([SLURMCTLD, "-c", "-f", self.conf])
+        self._wait_pid("slurmctld")
+        end = time.monotonic() + 60
+        while time.monotonic() < end:
+            r = self.cmd(["scontrol", "ping"], timeout=10)
+            if "is UP" in r.stdout:
+                return
+            time.sleep(0.2)
+        raise RuntimeError("slurmctld does not answer:\n" + self.log_tail("slurmctld"))
+
+    def start_slurmd(self, wait: bool = True) -> int:
+        self._spawn([SLURMD, "-f", self.conf, "-N", self.node])
+        pid = self._wait_pid("slurmd")
+        if wait:
+            self.wait_node_responding()
+        return pid
+
+    def stop_slurmd(self) -> None:
+        pid = self.pid_of("slurmd")
+        if pid:
+            os.kill(pid, signal.SIGTERM)
+            if not _wait_gone(pid, 30):
+                os.kill(pid, signal.SIGKILL)
+                _wait_gone(pid, 5)
+
+    def kill_slurmd(self) -> None:
+        pid = self.pid_of("slurmd")
+        assert pid, "slurmd is not running"
+        os.kill(pid, signal.SIGKILL)
+        assert _wait_gone(pid, 5)
+
+    def restart_slurmd(self) -> None:
+        self.stop_slurmd()
+        self.start_slurmd()
+
+    def node_state(self) -> str:
+        r = self.cmd(["sinfo", "-h", "-N", "-n", self.node, "-o", "%T"], timeout=10)
+        return r.stdout.strip()
+
+    def wait_node_responding(self, timeout: float = 60) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            r = self.cmd(["scontrol", "show", "slurmd"], timeout=10)
+            st = self.node_state()
+            if r.returncode == 0 and st and not st.endswith("*") and \
+                    not st.startswith(("down", "unknown")):
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"node {self.node} not responding (state {self.node_state()!r}):\n"
+                           + self.log_tail("slurmd"))
+
+    def wait_idle(self, timeout: float = 60) -> None:
+        """No jobs in the queue and the node idle."""
+        end = time.monotonic() + timeout
+        st = ""
+        while time.monotonic() < end:
+            st = self.node_state()
+            if st == "idle" and not self.cmd(["squeue", "-h", "-o", "%i"]).stdout.strip():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"node not idle after {timeout}s: {st!r}; queue: "
+                           f"{self.cmd(['squeue', '-h', '-o', '%i %T %R']).stdout}")
+
+    def resume(self) -> None:
+        self.cmd(["scontrol", "update", f"nodename={self.node}", "state=resume"])
+        self.wait_idle()
+
+    def start(self) -> None:
+        self.stop()
+        for d in (self.root, self.etc, self.run_dir, self.log_dir, self.lib, self.scripts):
+            os.makedirs(d, mode=0o755, exist_ok=True)
+            os.chmod(d, 0o755)
+        for d in (self.state, self.spool):
+            os.makedirs(d, mode=0o700, exist_ok=True)
+        self.users = ensure_users()
+        self._pick_ports()
+        self.write_slurm_conf()
+        self.set_namespace_config()
+        self.build_plugin()
+        self.start_munged()
+        self.start_slurmctld()
+        self.start_slurmd()
+        self.started = True
+        if self.node_state() != "idle":
+            self.resume()
+
+    # ------------------------------------------------------------- teardown
+    def stop(self) -> list[str]:
+        """Stop exactly what we started and remove every mount below the root.
+        Returns warnings (empty when everything went away)."""
+        warnings = []
+        ctld, slurmd, munged = (self.pid_of(n) for n in ("slurmctld", "slurmd", "munged"))
+        if ctld and munged and os.path.exists(self.conf):
+            jobs = self.cmd(["squeue", "-h", "-o", "%i"], timeout=10).stdout.split()
+            if jobs:
+                self.cmd(["scancel", *jobs], timeout=10)
+                end = time.monotonic() + 30
+                while time.monotonic() < end and \
+                        self.cmd(["squeue", "-h", "-o", "%i"], timeout=10).stdout.strip():
+                    time.sleep(0.2)
+        for name, pid in (("slurmd", slurmd), ("slurmctld", ctld)):
+            if pid:
+                os.kill(pid, signal.SIGTERM)
+                if not _wait_gone(pid, 30):
+                    os.kill(pid, signal.SIGKILL)
+                    _wait_gone(pid, 5)
+        for pid in self.stepd_pids():
+            victims = [pid, *_descendants(pid)]
+            for v in victims:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(v, signal.SIGKILL)
+            _wait_gone(pid, 5)
+            warnings.append(f"killed leftover slurmstepd {pid} and {len(victims) - 1} "
+                            "descendants")
+        # Namespaces of jobs that are gone: the same code path as a node start.
+        if os.path.isdir(self.base) and os.path.exists(self.ns_yaml):
+            r = subprocess.run([self.jobns, "--config", self.ns_yaml, "--node", self.node,
+                                "slurm", "restore", "--spool-dir", self.spool],
+                               capture_output=True, text=True,
+                               env=dict(self.env, JOBNS_RUNTIME_DIR=self.runtime))
+            if r.returncode != 0:
+                warnings.append(f"jobns slurm restore at teardown: {r.stderr.strip()}")
+        if munged:
+            os.kill(munged, signal.SIGTERM)
+            if not _wait_gone(munged, 10):
+                os.kill(munged, signal.SIGKILL)
+        for mp in mounts_under(self.root):
+            r = subprocess.run(["umount", mp], capture_output=True)
+            if r.returncode != 0:
+                subprocess.run(["umount", "-l", mp], capture_output=True)
+        left = mounts_under(self.root)
+        if left:
+            warnings.append(f"mounts left under {self.root}: {left}")
+        for d in (self.base, self.runtime):
+            if os.path.isdir(d) and not left:
+                shutil.rmtree(d, ignore_errors=True)
+        self.started = False
+        return warnings
+
+    # ------------------------------------------------------------- running things
+    def cmd(self, argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(argv, capture_output=True, text=True, env=self.env,
+                              timeout=timeout, **kw)
+
+    def as_user(self, user: str, argv: list[str], timeout: float = 60,
+                input: str | None = None) -> subprocess.CompletedProcess:
+        pw = self.users[user]
+        full = [RUNUSER, "-u", user, "--", "env", "-C", pw.pw_dir, f"HOME={pw.pw_dir}",
+                f"USER={user}", f"LOGNAME={user}", f"SLURM_CONF={self.conf}", *argv]
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+        return subprocess.run(full, capture_output=True, text=True, env=env, timeout=timeout,
+                              input=input)
+
+    def srun(self, user: str, argv: list[str], *opts: str, timeout: float = 60):
+        return self.as_user(user, ["srun", *opts, *argv], timeout=timeout)
+
+    def sbatch(self, user: str, script: str, *opts: str) -> str:
+        r = self.as_user(user, ["sbatch", "--parsable", "-o", "/dev/null", *opts],
+                         input="#!/bin/bash\n" + script)
+        if r.returncode != 0:
+            raise RuntimeError(f"sbatch failed: {r.stderr}")
+        return r.stdout.strip().split(";")[0]
+
+    def job_state(self, job: str) -> str:
+        r = self.cmd(["squeue", "-h", "-j", job, "-o", "%T"], timeout=10)
+        return r.stdout.strip()
+
+    def wait_running(self, job: str, timeout: float = 30) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.job_state(job) == "RUNNING":
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"job {job} not running: {self.job_state(job)!r}")
+
+    def wait_until(self, pred, timeout: float = 30, what: str = "condition") -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if pred():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+    def job_dir(self, job: str) -> str:
+        return os.path.join(self.effective_base(), job)
+
+    def effective_base(self) -> str:
+        r = subprocess.run([self.jobns, "--config", self.ns_yaml, "--node", self.node,
+                            "config", "show", "--json"], capture_output=True, text=True,
+                           env=self.env)
+        if r.returncode != 0:
+            raise RuntimeError(f"jobns config show failed: {r.stderr}")
+        return json.loads(r.stdout)["base_path"]
+
+    def jobns_cmd(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([self.jobns, "--config", self.ns_yaml, "--node", self.node, *args],
+                              capture_output=True, text=True,
+                              env=dict(self.env, JOBNS_RUNTIME_DIR=self.runtime))
+
+
+def default_jobns() -> str:
+    return os.path.join(os.path.dirname(sys.executable), "jobns")

@@ -1,0 +1,147 @@
+"""Jobs on a real Slurm: every task of every step lands in its job's namespaces.
+
+Runs as root against the session cluster of conftest.py (users jobns-alice, jobns-bob).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+ALICE, BOB = "jobns-alice", "jobns-bob"
+
+
+def _mounts_below(path: str) -> list[str]:
+    from jobns_slurm_cluster import mounts_under
+    return [m for m in mounts_under(path) if m != path]
+
+
+def test_private_tmp_and_dev_shm(cluster, tmp_path):
+    # Markers on the host that a job must not see.
+    host_tmp = "/tmp/jobns-slurm-test-host-marker"
+    host_shm = "/dev/shm/jobns-slurm-test-host-marker"
+    for p in (host_tmp, host_shm):
+        with open(p, "w") as f:
+            f.write("host\n")
+    try:
+        r = cluster.srun(ALICE, ["ls", "-al", "/tmp"])
+        assert r.returncode == 0, r.stderr
+        lines = [ln for ln in r.stdout.splitlines() if not ln.startswith("total")]
+        assert [ln.split()[-1] for ln in lines] == [".", ".."], r.stdout
+        dot = lines[0].split()
+        assert dot[0] == "drwx------" and dot[2] == ALICE, r.stdout
+
+        r = cluster.srun(ALICE, ["sh", "-c", "findmnt -n -o FSTYPE,SOURCE /dev/shm; "
+                                 "ls -A /dev/shm /tmp; echo inside > /dev/shm/job-file; "
+                                 "stat -c '%U %a' /tmp"])
+        assert r.returncode == 0, r.stderr
+        out = r.stdout.splitlines()
+        assert out[0].split() == ["tmpfs", "tmpfs"], r.stdout
+        assert "jobns-slurm-test-host-marker" not in r.stdout
+        assert out[-1] == f"{ALICE} 700"
+        assert not os.path.exists("/dev/shm/job-file"), "job's /dev/shm leaked to the host"
+    finally:
+        for p in (host_tmp, host_shm):
+            os.unlink(p)
+
+
+def test_steps_share_jobs_do_not(cluster):
+    base = cluster.effective_base()
+    a = cluster.sbatch(ALICE, "echo from-batch > /tmp/shared\n"
+                              "srun -n2 -O sh -c 'cat /tmp/shared && echo task-$SLURM_PROCID "
+                              ">> /tmp/tasks'\nsleep 120\n")
+    b = None
+    try:
+        cluster.wait_running(a)
+        job_dir = os.path.join(base, a)
+        backing = os.path.join(job_dir, f".{a}", "_tmp")
+        # root sees the job's /tmp in its backing directory; the batch step's srun -n2
+        # (both tasks) read the batch script's file and appended to a shared one.
+        cluster.wait_until(lambda: os.path.exists(os.path.join(backing, "tasks")) and
+                           len(open(os.path.join(backing, "tasks")).read().split()) == 2,
+                           what="both tasks of the in-batch srun -n2")
+        with open(os.path.join(backing, "shared")) as f:
+            assert f.read() == "from-batch\n"
+        with open(os.path.join(backing, "tasks")) as f:
+            assert sorted(f.read().split()) == ["task-0", "task-1"]
+        assert os.stat(job_dir).st_mode & 0o777 == 0o700
+
+        # Step 1 writes, step 2 and every task of an srun -n2 step read it.
+        r = cluster.srun(ALICE, ["sh", "-c", "echo step1 > /tmp/from-step1"],
+                         f"--jobid={a}", "--overlap")
+        assert r.returncode == 0, r.stderr
+        r = cluster.srun(ALICE, ["sh", "-c", "echo $SLURM_PROCID:$(cat /tmp/from-step1 "
+                                 "/tmp/shared | tr '\\n' ,)"],
+                         f"--jobid={a}", "--overlap", "-n2", "-O")
+        assert r.returncode == 0, r.stderr
+        assert sorted(r.stdout.split()) == ["0:step1,from-batch,", "1:step1,from-batch,"]
+
+        # Another job of the same user, running at the same time, has its own /tmp.
+        r = cluster.srun(ALICE, ["sh", "-c", "ls -A /tmp"])
+        assert r.returncode == 0 and r.stdout.strip() == "", (r.stdout, r.stderr)
+
+        # Another job of another user, running at the same time, sees none of it.
+        b = cluster.sbatch(BOB, "sleep 120\n")
+        cluster.wait_running(b)
+        r = cluster.srun(BOB, ["sh", "-c", "ls -A /tmp; cat /tmp/shared; "
+                               f"ls {backing}; ls {base}/{b}"], f"--jobid={b}", "--overlap")
+        assert "from-batch" not in r.stdout and "step1" not in r.stdout
+        assert "shared" not in r.stdout and "tasks" not in r.stdout
+        assert "No such file or directory" in r.stderr  # cat /tmp/shared
+        # base_path is hidden (or at least closed) inside the job
+        assert "Permission denied" in r.stderr or "No such file" in r.stderr
+        # bob's job has its own directory, owned by bob.
+        assert os.stat(os.path.join(base, b, f".{b}", "_tmp")).st_uid == \
+            cluster.users[BOB].pw_uid
+    finally:
+        cluster.cmd(["scancel", a] + ([b] if b else []))
+    for job in [a] + ([b] if b else []):
+        cluster.wait_until(lambda: not os.path.lexists(os.path.join(base, job)), timeout=60,
+                           what=f"{base}/{job} to be removed after the job ended")
+        assert not os.path.lexists(os.path.join(cluster.runtime, "jobs", job))
+    assert _mounts_below(base) == []
+
+
+def test_pid_namespace(cluster):
+    cluster.set_namespace_config(clone_ns_flags=["CLONE_NEWPID"])
+    r = cluster.srun(ALICE, ["sh", "-c", "echo self=$$; ps -e -o pid=,comm="], "-n2", "-O")
+    assert r.returncode == 0, r.stderr
+    procs = [ln.split(None, 1) for ln in r.stdout.splitlines() if not ln.startswith("self=")]
+    comms = {c for _, c in procs}
+    assert {"slurmd", "slurmctld", "slurmstepd", "munged"}.isdisjoint(comms), r.stdout
+    assert ["1", "jobns-init"] in procs, r.stdout
+    # only the job: PID 1, the two task shells (and what they run)
+    assert all(int(p) < 100 for p, _ in procs), r.stdout
+    selves = sorted(int(ln.split("=")[1]) for ln in r.stdout.splitlines()
+                    if ln.startswith("self="))
+    assert len(selves) == 2 and all(1 < s < 100 for s in selves), r.stdout
+
+
+def test_failing_init_script_fails_the_job_and_leaves_nothing(cluster):
+    base = cluster.effective_base()
+    script = os.path.join(cluster.scripts, "refuse.sh")
+    with open(script, "w") as f:
+        f.write('#!/bin/sh\necho "site check refuses job $SLURM_JOB_ID" >&2\nexit 3\n')
+    os.chmod(script, 0o755)
+    before = set(os.listdir(base)) if os.path.isdir(base) else set()
+    log_size = os.path.getsize(os.path.join(cluster.log_dir, "slurmd.log"))
+    cluster.set_namespace_config(init_script=script)
+
+    r = cluster.srun(ALICE, ["true"], timeout=60)
+    assert r.returncode != 0
+    assert "Prolog failure" in r.stderr or "prolog" in r.stderr.lower(), r.stderr
+
+    with open(os.path.join(cluster.log_dir, "slurmd.log"), errors="replace") as f:
+        f.seek(log_size)
+        new_log = f.read()
+    assert "site check refuses job" in new_log, new_log
+    assert "jobns slurm prolog` failed" in new_log, new_log
+    after = set(os.listdir(base)) if os.path.isdir(base) else set()
+    assert {n for n in after - before if not n.startswith(".")} == set()
+    assert _mounts_below(base) == []
+    # Like any failing Prolog, Slurm drains the node ("Prolog error"); the fixture resumes it.
+    reason = cluster.cmd(["sinfo", "-h", "-R", "-o", "%E"]).stdout
+    assert "Prolog error" in reason, reason
