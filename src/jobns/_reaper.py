@@ -1,6 +1,6 @@
 """PID 1 of a job's PID namespace: reap orphans, nothing else.
 
-Run as ``python -I -S _reaper.py JOB_ID READY_FD`` by the lifecycle, inside the job's
+Run as ``python -I -S -c <this source> JOB_ID READY_FD`` by the lifecycle, inside the job's
 mount and PID namespaces. It imports nothing beyond builtins so that its memory stays
 small, sets its title to ``jobns: [<J>.namespace]``, asks the OOM killer to spare it,
 writes one byte to READY_FD and then waits for SIGCHLD forever. The kernel kills every

@@ -490,6 +490,8 @@ def _namespace_child(plan: Plan, rfd: int, wfd: int, parent_ns_id: int | None) -
         flags = 0
         for name in plan.clone_flags:
             flags |= kernel.FLAG_BY_NAME[name]
+        if plan.cfg.new_pid:
+            _load_reaper()
         _fail_point("unshare")
         kernel.unshare(flags)
         _order_after(parent_ns_id)
@@ -590,11 +592,23 @@ def _warn_init_oom(pid: int, job_id: str, log) -> None:
             "(lowering it needs CAP_SYS_RESOURCE, which this process lacks)")
 
 
+_REAPER_CODE: str | None = None
+
+
+def _load_reaper() -> None:
+    """Read the reaper's source while the host's view is still in place: jobns itself (a
+    venv, a checkout) may live under one of the private dirs or base_path, which the job's
+    namespace covers. The reaper runs as `python -I -S -c <source>` on the base
+    interpreter, so it needs nothing but the standard interpreter inside the job."""
+    global _REAPER_CODE
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")) as f:
+        _REAPER_CODE = f.read()
+
+
 def _start_init(plan: Plan) -> int:
     """Fork PID 1 of the new PID namespace: it mounts a fresh /proc and execs the reaper."""
     ready_r, ready_w = os.pipe()
-    python = sys.executable
-    reaper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")
+    python = getattr(sys, "_base_executable", None) or sys.executable
     pid = os.fork()
     if pid == 0:  # pragma: no cover - PID 1 of the job
         try:
@@ -609,7 +623,8 @@ def _start_init(plan: Plan) -> int:
             os.setsid()
             os.chdir("/")   # never hold the creator's cwd (a busy mount in the job for ever)
             os.set_inheritable(ready_w, True)
-            os.execv(python, [python, "-I", "-S", reaper, plan.job.job_id, str(ready_w)])
+            os.execv(python, [python, "-I", "-S", "-c", _REAPER_CODE, plan.job.job_id,
+                              str(ready_w)])
         except BaseException as e:
             with contextlib.suppress(Exception):
                 os.write(ready_w, f"E{type(e).__name__}: {e}".encode())

@@ -179,3 +179,18 @@ def test_signals_from_inside_do_not_kill_pid1(node):
     assert caught == 0, hex(caught)
     r = _sh(node, "301", "true")
     assert r.returncode == 0
+
+
+def test_pid1_starts_when_jobns_itself_lives_under_a_private_dir(node):
+    """jobns may be installed under a directory the job gets privately (a checkout or
+    venv under /var/tmp, say): PID 1 must not need it inside the namespace."""
+    import jobns
+    pkg_dir = os.path.dirname(os.path.abspath(jobns.__file__))
+    cfg = node.cfg(dirs=("/tmp", pkg_dir), clone_ns_flags=("CLONE_NEWPID", "CLONE_NEWNS"))
+    lifecycle.create(cfg, job("880"))
+    r = node.cli("exec", "880", "--", "sh", "-c",
+                 f"tr '\\0' ' ' < /proc/1/cmdline; echo; ls -A {pkg_dir} | wc -l")
+    assert r.returncode == 0, r.stderr
+    title, count = r.stdout.splitlines()
+    assert title.strip() == "jobns: [880.namespace]"
+    assert count == "0"    # the package dir is the job's private (empty) one
