@@ -255,7 +255,7 @@ class Cluster:
                 return
         raise RuntimeError("no free pair of TCP ports in 16817-16917 on 127.0.0.1")
 
-    def write_slurm_conf(self) -> None:
+    def write_slurm_conf(self, extra: tuple[str, ...] = ()) -> None:
         hw = self._hardware()
         mem = max(int(int(hw.get("RealMemory", "1000")) * 0.9), 100)
         try:
@@ -309,15 +309,16 @@ class Cluster:
             f"CoresPerSocket={hw.get('CoresPerSocket', '1')} "
             f"ThreadsPerCore={hw.get('ThreadsPerCore', '1')} RealMemory={mem} State=UNKNOWN",
             f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
+            *extra,
         ]
         with open(self.conf, "w") as f:
             f.write("\n".join(lines) + "\n")
         os.chmod(self.conf, 0o644)
 
-    def build_plugin(self) -> str:
+    def build_plugin(self, *extra: str) -> str:
         r = subprocess.run([self.jobns, "--config", self.ns_yaml, "slurm", "build-plugin",
                             "--output", self.plugin, "--jobns", self.jobns,
-                            "--runtime", self.runtime],
+                            "--runtime", self.runtime, *extra],
                            capture_output=True, text=True, env=self.env)
         if r.returncode != 0:
             raise RuntimeError(f"jobns slurm build-plugin failed:\n{r.stdout}{r.stderr}")
@@ -484,6 +485,23 @@ class Cluster:
         self.started = True
         if self.node_state() != "idle":
             self.resume()
+
+    def use_prolog_scripts(self, on: bool) -> None:
+        """Create/delete namespaces from slurm.conf's Prolog=/Epilog= (plugin prolog=no)
+        instead of SPANK's job_prolog/job_epilog; restarts slurmd."""
+        extra: tuple[str, ...] = ()
+        if on:
+            r = subprocess.run([self.jobns, "--config", self.ns_yaml, "slurm", "write-scripts",
+                                self.scripts, "--jobns", self.jobns, "--runtime", self.runtime],
+                               capture_output=True, text=True, env=self.env)
+            if r.returncode != 0:
+                raise RuntimeError(f"write-scripts failed: {r.stderr}")
+            extra = tuple(ln for ln in r.stdout.splitlines() if "=" in ln)
+        self.write_slurm_conf(extra)
+        self.build_plugin(*(["--no-prolog"] if on else []))
+        self.cmd(["scontrol", "reconfigure"])
+        self.restart_slurmd()
+        self.wait_idle()
 
     # ------------------------------------------------------------- teardown
     def stop(self) -> list[str]:

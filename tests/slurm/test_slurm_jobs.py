@@ -145,3 +145,48 @@ def test_failing_init_script_fails_the_job_and_leaves_nothing(cluster):
     # Like any failing Prolog, Slurm drains the node ("Prolog error"); the fixture resumes it.
     reason = cluster.cmd(["sinfo", "-h", "-R", "-o", "%E"]).stdout
     assert "Prolog error" in reason, reason
+
+
+def test_prolog_epilog_scripts_instead_of_spank_prolog(cluster):
+    """slurm.conf Prolog=/Epilog= run `jobns slurm prolog/epilog`; the plugin only joins."""
+    base = cluster.effective_base()
+    cluster.use_prolog_scripts(True)
+    try:
+        with open(cluster.plugstack) as f:
+            assert "prolog=no" in f.read()
+        log_size = os.path.getsize(os.path.join(cluster.log_dir, "slurmd.log"))
+        job = cluster.sbatch(ALICE, "echo via-scripts > /tmp/x\nsleep 120\n")
+        cluster.wait_running(job)
+        backing = os.path.join(base, job, f".{job}", "_tmp", "x")
+        cluster.wait_until(lambda: os.path.exists(backing), what="the batch script's file")
+        r = cluster.srun(ALICE, ["sh", "-c", "cat /tmp/x; ls -ld /tmp"], f"--jobid={job}",
+                         "--overlap")
+        assert r.returncode == 0 and r.stdout.startswith("via-scripts\n"), (r.stdout, r.stderr)
+        cluster.cmd(["scancel", job])
+        cluster.wait_until(lambda: not os.path.lexists(os.path.join(base, job)), timeout=60,
+                           what="Epilog= to remove the job's directory")
+        with open(os.path.join(cluster.log_dir, "slurmd.log"), errors="replace") as f:
+            f.seek(log_size)
+            new_log = f.read()
+        # the SPANK job_prolog did not run jobns (it would log "created namespace")
+        assert "created namespace" not in new_log, new_log
+    finally:
+        cluster.use_prolog_scripts(False)
+
+
+def test_disabled_node_runs_jobs_without_namespace(cluster):
+    cluster.set_namespace_config(base_path="none")
+    marker = "/tmp/jobns-slurm-test-disabled-marker"
+    with open(marker, "w") as f:
+        f.write("host\n")
+    try:
+        r = cluster.srun(ALICE, ["cat", marker])
+        assert r.returncode == 0 and r.stdout == "host\n", (r.stdout, r.stderr)
+        assert os.path.exists(os.path.join(cluster.runtime, "slurm-disabled"))
+    finally:
+        os.unlink(marker)
+    cluster.set_namespace_config()
+    cluster.wait_idle()
+    r = cluster.srun(ALICE, ["ls", "-A", "/tmp"])
+    assert r.returncode == 0 and r.stdout == "", (r.stdout, r.stderr)
+    assert not os.path.exists(os.path.join(cluster.runtime, "slurm-disabled"))
