@@ -118,6 +118,11 @@ def test_pid_namespace(cluster):
     selves = sorted(int(ln.split("=")[1]) for ln in r.stdout.splitlines()
                     if ln.startswith("self="))
     assert len(selves) == 2 and all(1 < s < 100 for s in selves), r.stdout
+    # none of the plugin's descriptors (pin, pidfd, output file) reach the task
+    r = cluster.srun(ALICE, ["sh", "-c", "ls -l /proc/$$/fd"])
+    assert r.returncode == 0, r.stderr
+    fds = [ln.split()[-3:] for ln in r.stdout.splitlines()[1:]]
+    assert all(fd[0] in {"0", "1", "2"} for fd in fds), r.stdout
 
 
 def test_failing_init_script_fails_the_job_and_leaves_nothing(cluster):
