@@ -296,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv and any(c in argv[:argv.index("--")] for c in ("run", "exec")):
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "slurm":      # the adapter parses its own options, --help included
+        args.args = extra + list(args.args)
+    elif extra:
+        parser.error("unrecognized arguments: " + " ".join(extra))
     if command is not None:
         if getattr(args, "cmd", None):
             build_parser().error("give the command after '--' only")
