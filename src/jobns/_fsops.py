@@ -33,11 +33,10 @@ FS_IOC_SETFLAGS = 0x40086602  # _IOW('f', 2, long)
 FS_IMMUTABLE_FL = 0x00000010
 FS_APPEND_FL = 0x00000020
 
-# struct statx offsets (include/uapi/linux/stat.h)
-_OFF_MASK = 0
-_OFF_MODE = 28
-_OFF_INO = 32
-_OFF_DEV = 136  # stx_dev_major, stx_dev_minor (u32 each), then stx_mnt_id (u64)
+# struct statx (include/uapi/linux/stat.h): stx_mask @0, stx_mode @28, stx_ino @32,
+# stx_dev_major/stx_dev_minor @136, stx_mnt_id @144
+_LAYOUT = struct.Struct("=I24xH2xQ96xIIQ")
+_MASK = STATX_TYPE | STATX_MODE | STATX_INO | STATX_MNT_ID
 
 
 class StatxResult(NamedTuple):
@@ -68,17 +67,19 @@ def _mnt_id_from_fdinfo(fd: int) -> int:
     raise OSError(errno.ENOTSUP, "no mnt_id in /proc/self/fdinfo", str(fd))
 
 
-def fstatx(fd: int) -> StatxResult:
+def statx_buffer():
+    """A buffer for `fstatx`; give each thread its own (ctypes releases the GIL)."""
+    return ctypes.create_string_buffer(256)
+
+
+def fstatx(fd: int, buf=None) -> StatxResult:
     """Mode, inode, device and mount id of the open file `fd` (raises OSError)."""
     global _use_statx
     if _use_statx:
-        buf = ctypes.create_string_buffer(256)
-        if _statx(fd, b"", AT_EMPTY_PATH, STATX_TYPE | STATX_MODE | STATX_INO | STATX_MNT_ID,
-                  buf) == 0:
-            mask, = struct.unpack_from("=I", buf, _OFF_MASK)
-            mode, = struct.unpack_from("=H", buf, _OFF_MODE)
-            ino, = struct.unpack_from("=Q", buf, _OFF_INO)
-            major, minor, mnt_id = struct.unpack_from("=IIQ", buf, _OFF_DEV)
+        if buf is None:
+            buf = ctypes.create_string_buffer(256)
+        if _statx(fd, b"", AT_EMPTY_PATH, _MASK, buf) == 0:
+            mask, mode, ino, major, minor, mnt_id = _LAYOUT.unpack_from(buf)
             if mask & STATX_MNT_ID:
                 return StatxResult(mode, ino, os.makedev(major, minor), mnt_id)
             _use_statx = False  # kernel < 5.8: fall through to fdinfo from now on

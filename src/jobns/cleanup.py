@@ -173,6 +173,7 @@ class _Walker:
         self.mounts: list[str] = []
         self.count = 0
         self.tick = None  # called every 1024 entries (to add helpers)
+        self.sxbuf = _fsops.statx_buffer()  # this walker's own (one walker per thread)
         self.wa_fd: int | None = None
         self.wa_name: str | None = None
         self.moved: dict[str, tuple[str | None, str]] = {}
@@ -247,7 +248,7 @@ class _Walker:
                 self._fail(rel, "open", e)
                 return _SKIP
             try:
-                st = _fsops.fstatx(fd)
+                st = _fsops.fstatx(fd, self.sxbuf)
             except OSError as e:
                 os.close(fd)
                 self._fail(rel, "statx", e)
