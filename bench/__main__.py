@@ -116,6 +116,9 @@ def main(argv=None) -> int:
             print(f"skipped: {info['skipped']}")
         if "error" in info:
             print(f"error: {info['error']}")
+        for mode, m in (info.get("modes") or {}).items():
+            if isinstance(m, dict) and m.get("skipped"):
+                print(f"mode {mode} skipped: " + " / ".join(m["skipped"].splitlines()))
         if rows:
             print(common.format_table(rows))
     targets = [r for r in res.rows if r.met is not None]
