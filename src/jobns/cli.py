@@ -39,7 +39,78 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"jobns: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_run(sub) -> None:
+    s = sub.add_parser("run", help="one shot: create a job namespace, run CMD in it, delete it")
+    s.add_argument("--user", help="run as this user (default: the caller)")
+    s.add_argument("--job", metavar="ID", help="job id (default: a fresh run-XXXXXXXX)")
+    s.add_argument("cmd", nargs="*", metavar="-- CMD")
+
+
+def _add_create(sub) -> None:
+    s = sub.add_parser("create", help="create the namespace of job JOB")
+    s.add_argument("job", metavar="JOB")
+    who = s.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="job user name")
+    who.add_argument("--uid", type=int, help="job user id")
+    s.add_argument("--gid", type=int, help="job group id (default: the user's)")
+    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="job variable passed to hook scripts (repeatable)")
+    s.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+
+
+def _add_exec(sub) -> None:
+    s = sub.add_parser("exec", help="run CMD inside the namespace of job JOB")
+    s.add_argument("job", metavar="JOB")
+    s.add_argument("--user", help="run as this user (default: the job's user)")
+    s.add_argument("cmd", nargs="*", metavar="-- CMD")
+
+
+def _add_delete(sub) -> None:
+    s = sub.add_parser("delete", help="tear down the namespace of JOB and remove its files")
+    s.add_argument("job", metavar="JOB")
+
+
+def _add_restore(sub) -> None:
+    s = sub.add_parser("restore", help="node start: prepare base_path, remove dead jobs")
+    s.add_argument("--live", default="", metavar="ID,ID...",
+                   help="jobs still running on this node (all others are removed)")
+
+
+def _add_fini(sub) -> None:
+    sub.add_parser("fini", help="node shutdown: report; running jobs keep their namespaces")
+
+
+def _add_list(sub) -> None:
+    s = sub.add_parser("list", help="job namespaces on this node")
+    s.add_argument("--json", action="store_true")
+
+
+def _add_config(sub) -> None:
+    s = sub.add_parser("config", help="show or check the configuration")
+    csub = s.add_subparsers(dest="config_command", metavar="show|check", parser_class=_Parser)
+    csub.required = True
+    c = csub.add_parser("show", help="effective config for this node")
+    c.add_argument("--json", action="store_true")
+    c.add_argument("--node", dest="show_node", metavar="NAME", help="another node's view")
+    c = csub.add_parser("check", help="validate a config file (exit 1 with findings)")
+    c.add_argument("file", nargs="?", metavar="FILE")
+    c.add_argument("--node", dest="check_node", metavar="NAME")
+
+
+def _add_slurm(sub) -> None:
+    s = sub.add_parser("slurm", help="Slurm adapter (prolog, epilog, restore, build-plugin)",
+                       add_help=False)
+    s.add_argument("args", nargs=argparse.REMAINDER)
+
+
+_SUBCOMMANDS = {"run": _add_run, "create": _add_create, "exec": _add_exec, "delete": _add_delete,
+                "restore": _add_restore, "fini": _add_fini, "list": _add_list,
+                "config": _add_config, "slurm": _add_slurm}
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with `only` (a known command) just that subcommand is built, which
+    keeps the job-start path from building every subcommand's arguments."""
     p = _Parser(prog="jobns", description="Private per-job namespaces (/tmp, /dev/shm, PID, "
                 "user) for batch jobs; Slurm namespace.yaml / job_container.conf compatible.")
     p.add_argument("--config", metavar="FILE", help="config file (namespace.yaml, "
@@ -53,51 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    s = sub.add_parser("run", help="one shot: create a job namespace, run CMD in it, delete it")
-    s.add_argument("--user", help="run as this user (default: the caller)")
-    s.add_argument("--job", metavar="ID", help="job id (default: a fresh run-XXXXXXXX)")
-    s.add_argument("cmd", nargs="*", metavar="-- CMD")
-
-    s = sub.add_parser("create", help="create the namespace of job JOB")
-    s.add_argument("job", metavar="JOB")
-    who = s.add_mutually_exclusive_group(required=True)
-    who.add_argument("--user", help="job user name")
-    who.add_argument("--uid", type=int, help="job user id")
-    s.add_argument("--gid", type=int, help="job group id (default: the user's)")
-    s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
-                   help="job variable passed to hook scripts (repeatable)")
-    s.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-
-    s = sub.add_parser("exec", help="run CMD inside the namespace of job JOB")
-    s.add_argument("job", metavar="JOB")
-    s.add_argument("--user", help="run as this user (default: the job's user)")
-    s.add_argument("cmd", nargs="*", metavar="-- CMD")
-
-    s = sub.add_parser("delete", help="tear down the namespace of JOB and remove its files")
-    s.add_argument("job", metavar="JOB")
-
-    s = sub.add_parser("restore", help="node start: prepare base_path, remove dead jobs")
-    s.add_argument("--live", default="", metavar="ID,ID...",
-                   help="jobs still running on this node (all others are removed)")
-
-    sub.add_parser("fini", help="node shutdown: report; running jobs keep their namespaces")
-
-    s = sub.add_parser("list", help="job namespaces on this node")
-    s.add_argument("--json", action="store_true")
-
-    s = sub.add_parser("config", help="show or check the configuration")
-    csub = s.add_subparsers(dest="config_command", metavar="show|check", parser_class=_Parser)
-    csub.required = True
-    c = csub.add_parser("show", help="effective config for this node")
-    c.add_argument("--json", action="store_true")
-    c.add_argument("--node", dest="show_node", metavar="NAME", help="another node's view")
-    c = csub.add_parser("check", help="validate a config file (exit 1 with findings)")
-    c.add_argument("file", nargs="?", metavar="FILE")
-    c.add_argument("--node", dest="check_node", metavar="NAME")
-
-    s = sub.add_parser("slurm", help="Slurm adapter (prolog, epilog, restore, build-plugin)",
-                       add_help=False)
-    s.add_argument("args", nargs=argparse.REMAINDER)
+    for name, add in _SUBCOMMANDS.items():
+        if only not in _SUBCOMMANDS or name == only:
+            add(sub)
     return p
 
 
@@ -288,6 +317,17 @@ COMMANDS = {"run": cmd_run, "create": cmd_create, "exec": cmd_exec, "delete": cm
             "slurm": cmd_slurm}
 
 
+def _command_word(argv: list[str]) -> str | None:
+    """The subcommand named in argv (skipping the global options and their values)."""
+    it = iter(argv)
+    for tok in it:
+        if tok in ("--config", "--node"):
+            next(it, None)
+        elif not tok.startswith("-"):
+            return tok
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # `run` and `exec` take the job's command after "--"; split it off before argparse so
@@ -296,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv and any(c in argv[:argv.index("--")] for c in ("run", "exec")):
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
-    parser = build_parser()
+    parser = build_parser(_command_word(argv))
     args, extra = parser.parse_known_args(argv)
     if args.command == "slurm":      # the adapter parses its own options, --help included
         args.args = extra + list(args.args)
@@ -304,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("unrecognized arguments: " + " ".join(extra))
     if command is not None:
         if getattr(args, "cmd", None):
-            build_parser().error("give the command after '--' only")
+            parser.error("give the command after '--' only")
         args.cmd = command
     ctx = Context(args)
     try:

@@ -88,3 +88,13 @@ def test_privileged_commands_refuse_non_root(monkeypatch, capsys):
                  ["run", "--", "true"], ["exec", "5", "--", "true"]):
         assert cli.main(argv) == 2, argv
         assert "needs root" in capsys.readouterr().err
+
+
+def test_parser_built_for_one_command_parses_like_the_full_one():
+    argv = ["--config", "/x.yaml", "--node", "n1", "create", "5", "--uid", "7", "--env", "A=b"]
+    assert cli._command_word(argv) == "create"
+    one = vars(cli.build_parser("create").parse_args(argv))
+    full = vars(cli.build_parser().parse_args(argv))
+    assert one == full and one["uid"] == 7 and one["env"] == ["A=b"]
+    assert cli._command_word(["-v", "--node", "list", "exec"]) == "exec"
+    assert cli._command_word(["--help"]) is None
