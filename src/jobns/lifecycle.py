@@ -200,7 +200,7 @@ def ensure_base(cfg: NodeConfig, log=null_log) -> str:
         raise OperationError("ensure-base", "must be owned by root and not writable by group "
                              "or others (mode %04o, uid %d)" % (st.st_mode & 0o7777, st.st_uid),
                              path=base)
-    mounts = [m for m in kernel.mountinfo() if m.mount_point == real]
+    mounts = kernel.mounts_at(real)
     top = mounts[-1] if mounts else None
     try:
         if top is None:
@@ -725,9 +725,7 @@ def _kill_namespace_members(pin_ino: int) -> int:
 def _detach_mounts_below(job_dir: str, log) -> list[str]:
     """Lazily unmount every mount at or below job_dir in this namespace, deepest first.
     Unmounting never deletes data; the walker then never meets a foreign filesystem."""
-    prefix = job_dir.rstrip("/") + "/"
-    found = [m.mount_point for m in kernel.mountinfo()
-             if m.mount_point == job_dir or m.mount_point.startswith(prefix)]
+    found = [m.mount_point for m in kernel.mounts_below(job_dir)]
     done = []
     for mp in sorted(set(found), key=lambda p: (-p.count("/"), p)):
         try:
