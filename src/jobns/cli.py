@@ -83,6 +83,8 @@ def _add_fini(sub) -> None:
 def _add_list(sub) -> None:
     s = sub.add_parser("list", help="job namespaces on this node")
     s.add_argument("--json", action="store_true")
+    s.add_argument("--usage", action="store_true",
+                   help="also measure bytes and inodes each job holds per private dir")
 
 
 def _add_config(sub) -> None:
@@ -260,6 +262,11 @@ def cmd_list(ctx: Context, args) -> int:
     from jobns import lifecycle
     cfg = ctx.config()
     jobs = lifecycle.list_jobs(cfg) if cfg.enabled else []
+    if args.usage:
+        _require_root("list --usage")
+        from jobns.usage import job_usage
+        for j in jobs:
+            j["usage"] = job_usage(cfg.base_path, j["job_id"], j.get("dirs") or [])
     if args.json:
         import json
         print(json.dumps(jobs, indent=1))
@@ -269,10 +276,17 @@ def cmd_list(ctx: Context, args) -> int:
               f"jobns is disabled on node {cfg.node_name}")
         return EXIT_OK
     rows = [("JOB", "USER", "STATE", "CREATED", "DIRS", "NAMESPACES")]
+    if args.usage:
+        rows[0] += ("USAGE",)
     for j in jobs:
         flags = ",".join(_NS_SHORT.get(f, f) for f in j.get("clone_ns_flags") or [])
-        rows.append((j["job_id"], str(j.get("user") or "?"), j["state"],
-                     str(j.get("created") or "?"), ",".join(j.get("dirs") or []), flags))
+        row = (j["job_id"], str(j.get("user") or "?"), j["state"],
+               str(j.get("created") or "?"), ",".join(j.get("dirs") or []), flags)
+        if args.usage:
+            from jobns.usage import human
+            row += (" ".join(f"{d}={human(u['bytes'])}/{u['inodes']}i"
+                             for d, u in j["usage"].items()) or "-",)
+        rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -302,3 +302,24 @@ def test_missing_base_without_auto_base_path(node):
     r = node.cli("create", "5", "--user", "nobody")
     assert r.returncode == 1
     assert "auto_base_path" in r.stderr and f"{node.base}/deeper" in r.stderr
+
+
+def test_list_usage_measures_disk_and_tmpfs(node):
+    cfg = node.cfg(dirs=("/tmp", "/var/tmp", "/dev/shm"))
+    lifecycle.create(cfg, job("41", NOBODY))
+    r = run_in(node, "41", "head -c 3000000 /dev/zero > /tmp/big; mkdir /tmp/d; touch /tmp/d/a "
+                           "/tmp/d/b; ln -s /etc /tmp/etc; head -c 2000000 /dev/zero > "
+                           "/dev/shm/s; touch /dev/shm/t")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(node.cli("list", "--usage", "--json", check=True).stdout)
+    usage = data[0]["usage"]
+    assert usage["/tmp"]["kind"] == "disk"
+    assert usage["/tmp"]["inodes"] == 5                      # big, d, d/a, d/b, etc
+    assert 3_000_000 <= usage["/tmp"]["bytes"] < 3_200_000   # the symlink is not followed
+    assert usage["/var/tmp"] == {"kind": "disk", "bytes": 0, "apparent_bytes": 0,
+                                 "inodes": 0, "skipped_mounts": 0}
+    shm = usage["/dev/shm"]
+    assert shm["kind"] == "tmpfs" and 2_000_000 <= shm["bytes"] < 2_200_000
+    assert shm["inodes"] >= 2
+    table = node.cli("list", "--usage", check=True).stdout
+    assert "/tmp=2.9M/5i" in table and "USAGE" in table
