@@ -359,19 +359,36 @@ def _fmt(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, tuple):
+        if value and not isinstance(value[0], str):
+            return " ".join(_fmt_dir(v) for v in value)
         return ",".join(value)
     return str(value)
+
+
+def _fmt_dir(d) -> str:
+    """One dir_confs element (a DirConf or a located one) as `path[tmpfs](options)`."""
+    d = getattr(d, "conf", d)
+    text = d.path + ("[tmpfs]" if d.tmpfs else "")
+    if d.options:
+        text += "(" + ",".join(d.options) + ")"
+    if d.base_path:
+        text += f"[base {d.base_path}]"
+    return text
 
 
 def format_show(cfg: NodeConfig) -> str:
     """The human-readable table of ``jobns config show``."""
     rows = [("node_name", cfg.node_name),
             ("enabled", "yes" if cfg.enabled else "no (no base_path, or base_path none)")]
-    for name in ("base_path", "auto_base_path", "dirs", "shared", "clone_ns_flags",
+    for name in ("base_path", "auto_base_path", "dirs", "dir_confs", "shared", "clone_ns_flags",
                  "init_script", "clone_ns_script", "clone_ns_script_wait", "clone_ns_epilog",
                  "clone_ns_epilog_wait", "user_ns_script", "disable_bpf_token",
                  "entire_step_in_ns", "source", "origin"):
         value = getattr(cfg, name)
+        if name == "dir_confs":
+            if value:
+                rows.append((name, " ".join(_fmt_dir(d) for d in value)))
+            continue
         rows.append((name, "-" if value is None else _fmt(value)))
     width = max(len(k) for k, _ in rows)
     out = [f"{k:<{width}}  {v}" for k, v in rows]

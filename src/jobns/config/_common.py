@@ -15,8 +15,8 @@ import posixpath
 import re
 import stat
 
-from jobns.config.model import (CLONE_NEWNS, DEFAULT_DIRS, DEFAULT_WAIT, KNOWN_CLONE_FLAGS,
-                                NodeConfig)
+from jobns.config.model import (CLONE_NEWNS, DEFAULT_DIRS, DEFAULT_WAIT, DIR_FLAGS,
+                                KNOWN_CLONE_FLAGS, SHM_DIR, DirConf, NodeConfig)
 from jobns.errors import ConfigError
 from jobns.values import Frozen, Record
 
@@ -158,6 +158,222 @@ def check_dirs(dirs: list[str], fnd: Findings, line: int | None, key: str) -> tu
     return tuple(dirs) if ok else None
 
 
+# ---------------------------------------------------------------- dir_confs
+
+# tmpfs mount data jobns knows (see tmpfs(5)); anything else is refused at config time
+# instead of failing every job start with EINVAL.
+TMPFS_DATA_KEYS = ("size", "nr_blocks", "nr_inodes", "mode", "uid", "gid", "huge", "mpol",
+                   "noswap", "inode32", "inode64")
+_TMPFS_BARE = ("noswap", "inode32", "inode64")
+_SIZE_RE = re.compile(r"([0-9]+)([kKmMgGtT%]?)\Z")
+SIZE_MEM_RE = re.compile(r"([0-9]+)%mem\Z")      # jobns extension: % of SLURM_JOB_MEM
+_MODE_RE = re.compile(r"[0-7]{1,5}\Z")
+_HUGE = ("never", "always", "within_size", "advise")
+DIR_EXPANSIONS = ("j", "u")
+
+
+class LocatedDir(Frozen):
+    """A parsed dir_confs element with the line of the element and of its base_path."""
+
+    conf: DirConf
+    line: int | None
+    base_line: int | None = None
+
+
+def check_dir_path(value: str, fnd: Findings, line: int | None, key: str) -> bool:
+    """A dir_confs path: absolute, not '/', only %j and %u as expansions."""
+    if not check_abs_path(value, fnd, line, key, "dir_confs path"):
+        return False
+    if posixpath.normpath(value) == "/":
+        fnd.error("dir_confs path '/' would hide the whole file system", line=line, key=key)
+        return False
+    for m in re.finditer(r"%(.?)", value):
+        c = m.group(1)
+        if c == "S":
+            fnd.error(f"dir_confs path {value!r}: %S (the job's SLUID) is not supported",
+                      line=line, key=key,
+                      hint="SLUIDs exist only from Slurm 25.11 on and jobns does not receive "
+                           "them; use %j (job id) or %u (user name)")
+            return False
+        if c not in DIR_EXPANSIONS:
+            fnd.error(f"dir_confs path {value!r}: %{c} is not expanded by jobns",
+                      line=line, key=key, hint="only %j (job id) and %u (user name) are")
+            return False
+    return True
+
+
+def _check_size(name: str, value: str, fnd: Findings, line, key) -> bool:
+    if name == "size" and SIZE_MEM_RE.match(value):
+        pct = int(SIZE_MEM_RE.match(value).group(1))
+        if not 1 <= pct <= 100:
+            fnd.error(f"size={value}: the percentage of the job's memory must be 1 to 100",
+                      line=line, key=key)
+            return False
+        return True
+    m = _SIZE_RE.match(value)
+    if m is None or (name == "nr_blocks" and m.group(2) in ("%", "t", "T")):
+        fnd.error(f"{name}={value} is not a valid size", line=line, key=key,
+                  hint="write <number> optionally followed by k, m, g (KiB, MiB, GiB)"
+                       + (", t or % (of RAM)" if name != "nr_blocks" else "")
+                       + (", or N%mem (N% of the job's memory request, a jobns extension)"
+                          if name == "size" else ""))
+        return False
+    if int(m.group(1)) == 0:
+        fnd.warn(f"{name}=0 means no limit for tmpfs", line=line, key=key,
+                 hint=f"leave {name} out for the kernel default, or give a limit")
+    return True
+
+
+def parse_dir_options(text: str, tmpfs: bool, path: str, fnd: Findings, line: int | None,
+                      key: str) -> tuple[str, ...] | None:
+    """The tokens of a dir_confs `options` string, validated; None when unusable."""
+    out: list[str] = []
+    seen: set[str] = set()
+    ok = True
+    for tok in text.split(","):
+        if tok == "":
+            continue
+        if tok != tok.strip() or " " in tok or "\t" in tok:
+            fnd.error(f"option {tok!r} of {path} contains spaces", line=line, key=key,
+                      hint="Slurm does not trim options; write them as "
+                           + ",".join(t.strip() for t in text.split(",") if t.strip()))
+            ok = False
+            continue
+        low = tok.lower()
+        if low in DIR_FLAGS:
+            if low not in out:
+                out.append(low)
+            continue
+        name, eq, value = tok.partition("=")
+        if not tmpfs:
+            fnd.error(f"option {tok!r} of {path} is tmpfs mount data, but {path} is a bind "
+                      "mount", line=line, key=key,
+                      hint="set tmpfs: true for a size-limited tmpfs; bind mounts take only "
+                           + ",".join(DIR_FLAGS) + "; Slurm would only log and ignore it")
+            ok = False
+            continue
+        if name not in TMPFS_DATA_KEYS:
+            fnd.error(f"unknown option {tok!r} for the tmpfs at {path}", line=line, key=key,
+                      hint="flags: " + ",".join(DIR_FLAGS) + "; tmpfs data: "
+                           + ", ".join(TMPFS_DATA_KEYS))
+            ok = False
+            continue
+        if name in seen:
+            fnd.error(f"{name} is given twice for {path}", line=line, key=key,
+                      hint="keep one of them")
+            ok = False
+            continue
+        seen.add(name)
+        if name in _TMPFS_BARE:
+            if eq:
+                fnd.error(f"tmpfs option {name} takes no value", line=line, key=key)
+                ok = False
+                continue
+        elif not eq or value == "":
+            fnd.error(f"tmpfs option {name} needs a value ({name}=...)", line=line, key=key)
+            ok = False
+            continue
+        elif name in ("size", "nr_blocks", "nr_inodes"):
+            if not _check_size(name, value, fnd, line, key):
+                ok = False
+                continue
+        elif name == "mode":
+            if not _MODE_RE.match(value) or int(value, 8) > 0o7777:
+                fnd.error(f"mode={value} is not an octal mode", line=line, key=key,
+                          hint="e.g. mode=0700 or mode=1777")
+                ok = False
+                continue
+        elif name in ("uid", "gid"):
+            if not value.isascii() or not value.isdigit():
+                fnd.error(f"{name}={value} is not a numeric id", line=line, key=key)
+                ok = False
+                continue
+        elif name == "huge" and value not in _HUGE:
+            fnd.error(f"huge={value} is not valid", line=line, key=key,
+                      hint="one of " + ", ".join(_HUGE))
+            ok = False
+            continue
+        out.append(tok)
+    return tuple(out) if ok else None
+
+
+def _components(path: str) -> list[str]:
+    return [c for c in posixpath.normpath(path).split("/") if c]
+
+
+def _pattern_under(child: str, parent: str) -> str | None:
+    """'yes' if path `child` is `parent` or below it, 'maybe' if only for some values of
+    their %-expansions (a component with '%' matches any component), None if never."""
+    c, p = _components(child), _components(parent)
+    if len(c) < len(p):
+        return None
+    wild = False
+    for a, b in zip(c, p):
+        if a == b and "%" not in a:
+            continue
+        if "%" in a or "%" in b:
+            wild = True
+            continue
+        return None
+    return "maybe" if wild else "yes"
+
+
+def _finalize_dir_confs(confs, base, settings, fnd, where, node: str,
+                        hostname: str | None) -> tuple[DirConf, ...]:
+    """Resolve per-dir base paths and check the dirs against the base and each other."""
+    dkey = where("dir_confs")[1]
+    if "dirs" in settings:
+        line, key = where("dirs")
+        fnd.warn(f"dirs is ignored: dir_confs (line {where('dir_confs')[0]}) takes precedence",
+                 line=line, key=key, hint="remove dirs; Slurm discourages setting both")
+    out = []
+    for ld in confs:
+        conf = ld.conf
+        if conf.base_path is not None and base is not None:
+            dbase = expand_base_path(conf.base_path, node,
+                                     (hostname or short_hostname()) if "%h" in conf.base_path
+                                     else "")
+            if posixpath.normpath(dbase) != posixpath.normpath(base):
+                fnd.error(f"dir_confs base_path {dbase} of {conf.path}: a per-directory "
+                          "base_path other than the node's base_path is not supported by "
+                          "jobns", line=ld.base_line, key="base_path",
+                          hint=f"remove it (the backing dir then lives under {base}), or "
+                               "use tmpfs: true")
+            else:
+                conf = conf.replace(base_path=base)
+        out.append(conf)
+        if base is None:
+            continue
+        rel = _pattern_under(conf.path, base)
+        if rel:
+            same = rel == "yes" and posixpath.normpath(conf.path) == posixpath.normpath(base)
+            what = "the base path" if same else "under the base path"
+            if rel != "yes":
+                what = "possibly " + what
+            (fnd.error if rel == "yes" else fnd.warn)(
+                f"dir {conf.path} is {what} {base}",
+                line=ld.line, key=dkey,
+                hint="the base path cannot also be a private dir; choose a base outside "
+                     "every dir (e.g. /var/lib/jobns)")
+        rel = _pattern_under(base, conf.path)
+        if rel and not (posixpath.normpath(conf.path) == posixpath.normpath(base)):
+            (fnd.error if rel == "yes" else fnd.warn)(
+                f"base path {base} {'lies' if rel == 'yes' else 'may lie'} under the private "
+                f"dir {conf.path}", line=where("base_path")[0] or ld.line,
+                key=where("base_path")[1],
+                hint="jobs would hide the per-job directories; move the base outside every "
+                     "dir (e.g. /var/lib/jobns)")
+    for i, a in enumerate(confs):
+        for b in confs[i + 1:]:
+            for x, y in ((a, b), (b, a)):
+                if posixpath.normpath(x.conf.path) != posixpath.normpath(y.conf.path) and \
+                        _pattern_under(x.conf.path, y.conf.path) == "yes":
+                    fnd.error(f"dir {x.conf.path} lies under dir {y.conf.path}: one mount "
+                              "would hide or lack the other", line=x.line, key=dkey,
+                              hint="list directories that do not contain each other")
+    return tuple(out)
+
+
 def parse_flags(tokens: list[str], fnd: Findings, line: int | None, key: str) -> tuple[str, ...]:
     """Clone flags from tokens; unknown tokens are warnings (Slurm ignores them)."""
     found = {CLONE_NEWNS}
@@ -232,7 +448,12 @@ def finalize(settings: dict[str, Setting], *, node: str, hostname: str | None, f
             if not check_abs_path(base, fnd, line, key, "base_path"):
                 base = None
     dirs = val("dirs", DEFAULT_DIRS)
-    if base is not None:
+    dir_confs: tuple[DirConf, ...] = ()
+    if settings.get("dir_confs") is not None:
+        dir_confs = _finalize_dir_confs(val("dir_confs"), base, settings, fnd, where, node,
+                                        hostname)
+        dirs = tuple(c.path for c in dir_confs)
+    elif base is not None:
         bline, bkey = where("base_path")
         dline, dkey = where("dirs")
         dirs_given = "dirs" in settings
@@ -254,6 +475,15 @@ def finalize(settings: dict[str, Setting], *, node: str, hostname: str | None, f
                                "outside every dir (e.g. /var/lib/jobns). Slurm does not "
                                "catch this")
     flags = val("clone_ns_flags", (CLONE_NEWNS,))
+    if "CLONE_NEWUSER" in flags:
+        for ld in (val("dir_confs") or ()):
+            atime = [f for f in ld.conf.flags if f in ("noatime", "nodiratime", "relatime")]
+            if atime and not ld.conf.tmpfs:
+                fnd.warn(f"{','.join(atime)} on the bind mount {ld.conf.path} fails (EPERM) "
+                         "with CLONE_NEWUSER unless its source mount already has exactly "
+                         "these atime flags: the kernel locks them", line=ld.line,
+                         key=where("dir_confs")[1],
+                         hint="remove the atime option, or use tmpfs: true")
     if val("user_ns_script") and "CLONE_NEWUSER" not in flags:
         line, key = where("user_ns_script")
         fnd.warn("user_ns_script only runs when clone_ns_flags has CLONE_NEWUSER", line=line,
@@ -265,6 +495,7 @@ def finalize(settings: dict[str, Setting], *, node: str, hostname: str | None, f
         base_path=base,
         auto_base_path=bool(val("auto_base_path", False)),
         dirs=tuple(dirs),
+        dir_confs=dir_confs,
         shared=bool(val("shared", False)),
         clone_ns_flags=flags,
         init_script=val("init_script"),

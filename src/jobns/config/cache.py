@@ -19,12 +19,12 @@ import os
 import stat
 import zlib
 
-from jobns.config.model import KNOWN_CLONE_FLAGS, NodeConfig
+from jobns.config.model import KNOWN_CLONE_FLAGS, DirConf, NodeConfig
 
 DEFAULT_RUNTIME_DIR = "/run/jobns"
 SUBDIR = "config-cache"
 MAX_ENTRY = 1 << 20
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
 
 
 def cache_dir() -> str:
@@ -128,8 +128,11 @@ def _from_dict(d) -> NodeConfig | None:
     """Rebuild a NodeConfig, checking every field's type; None if anything is off."""
     if not isinstance(d, dict):
         return None
-    expected = set(_STR_OR_NONE + _BOOLS + _INTS + _STRS + _LISTS)
+    expected = set(_STR_OR_NONE + _BOOLS + _INTS + _STRS + _LISTS + ("dir_confs",))
     if set(d) != expected:
+        return None
+    dir_confs = _dir_confs(d["dir_confs"])
+    if dir_confs is None:
         return None
     for k in _STR_OR_NONE:
         if d[k] is not None and not isinstance(d[k], str):
@@ -151,4 +154,22 @@ def _from_dict(d) -> NodeConfig | None:
     args = dict(d)
     for k in _LISTS:
         args[k] = tuple(d[k])
+    args["dir_confs"] = dir_confs
     return NodeConfig(**args)
+
+
+def _dir_confs(items) -> tuple[DirConf, ...] | None:
+    if not isinstance(items, list):
+        return None
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"path", "tmpfs", "options", "base_path"}:
+            return None
+        if not isinstance(item["path"], str) or not isinstance(item["tmpfs"], bool) or \
+                not isinstance(item["options"], str) or \
+                not (item["base_path"] is None or isinstance(item["base_path"], str)):
+            return None
+        options = tuple(t for t in item["options"].split(",") if t)
+        out.append(DirConf(path=item["path"], tmpfs=item["tmpfs"], options=options,
+                           base_path=item["base_path"]))
+    return tuple(out)

@@ -19,12 +19,45 @@ DEFAULT_DIRS = ("/tmp", "/dev/shm")
 DEFAULT_WAIT = 10
 SHM_DIR = "/dev/shm"
 
+# dir_confs `options` tokens that are mount flags (in this display order); every other
+# token is tmpfs data (size=, mode=, ...).
+DIR_FLAGS = ("ro", "noexec", "nosuid", "nodev", "noatime", "nodiratime", "relatime")
+
+
+class DirConf(Frozen):
+    """One `dir_confs` element (Slurm 26.05 namespace.yaml).
+
+    `path` is as written (``%j`` and ``%u`` are expanded per job by the plan);
+    `options` the comma-separated tokens as written, flags lower-cased; `base_path` the
+    expanded per-directory base (jobns accepts only the node's own base_path, which puts
+    the backing dir at ``<base>/<J>/<mangled>`` as Slurm does) or None.
+    """
+
+    path: str
+    tmpfs: bool = False
+    options: tuple[str, ...] = ()
+    base_path: str | None = None
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        return tuple(f for f in DIR_FLAGS if f in self.options)
+
+    @property
+    def data(self) -> tuple[str, ...]:
+        return tuple(t for t in self.options if t not in DIR_FLAGS)
+
+    def as_dict(self) -> dict:
+        return {"path": self.path, "tmpfs": self.tmpfs, "options": ",".join(self.options),
+                "base_path": self.base_path}
+
 
 class NodeConfig(Frozen):
     """Effective configuration for one node.
 
     `base_path` is None when jobns is disabled on this node (no base path, or `none`).
     `clone_ns_flags` always contains CLONE_NEWNS; extra flags are kept in canonical order.
+    `dir_confs`, when not empty, says how each dir is mounted (and `dirs` is then the
+    list of their paths, as written); empty means the classic `dirs` behaviour.
     `source` is the file it came from ("built-in" for the default) and `origin` says which
     entry or line of it applied (e.g. "node_confs[0] (line 12)").
     """
@@ -33,6 +66,7 @@ class NodeConfig(Frozen):
     base_path: str | None = DEFAULT_BASE_PATH
     auto_base_path: bool = True
     dirs: tuple[str, ...] = DEFAULT_DIRS
+    dir_confs: tuple[DirConf, ...] = ()
     shared: bool = False
     clone_ns_flags: tuple[str, ...] = (CLONE_NEWNS,)
     init_script: str | None = None
@@ -65,6 +99,7 @@ class NodeConfig(Frozen):
         """The keys of `config show --json`: namespace.yaml option names, lists as lists."""
         d = self.to_dict()
         d["dirs"] = list(self.dirs)
+        d["dir_confs"] = [c.as_dict() for c in self.dir_confs]
         d["clone_ns_flags"] = list(self.clone_ns_flags)
         d["warnings"] = list(self.warnings)
         return d

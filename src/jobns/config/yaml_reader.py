@@ -9,12 +9,15 @@ entry whose ``nodes`` contains the node name wins; its options are merged over
 
 from __future__ import annotations
 
+import posixpath
 import re
 
 from jobns.config import hostlist as hl
 from jobns.values import Record
-from jobns.config._common import (MAX_WAIT, Findings, Setting, check_abs_path, check_dirs,
-                                  check_script, is_none_path, parse_flags, split_dirs)
+from jobns.config._common import (MAX_WAIT, Findings, LocatedDir, Setting, check_abs_path,
+                                  check_dir_path, check_dirs, check_script, is_none_path,
+                                  parse_dir_options, parse_flags, split_dirs)
+from jobns.config.model import SHM_DIR, DirConf
 
 T_STR = "tag:yaml.org,2002:str"
 T_BOOL = "tag:yaml.org,2002:bool"
@@ -28,8 +31,9 @@ WAIT_KEYS = ("clone_ns_script_wait", "clone_ns_epilog_wait")
 SCRIPT_KEYS = ("clone_ns_script", "clone_ns_epilog", "init_script", "user_ns_script")
 OPTION_KEYS = ("auto_base_path", "base_path", "clone_ns_flags", "clone_ns_script",
                "clone_ns_script_wait", "clone_ns_epilog", "clone_ns_epilog_wait", "dirs",
-               "disable_bpf_token", "init_script", "shared", "user_ns_script")
+               "dir_confs", "disable_bpf_token", "init_script", "shared", "user_ns_script")
 TOP_KEYS = ("defaults", "node_confs")
+DIR_KEYS = ("path", "base_path", "options", "tmpfs")
 ENTRY_KEYS = ("nodes", "options")
 KEY_NAMES = {k: k for k in OPTION_KEYS}
 
@@ -296,6 +300,8 @@ def _options(vnode, fnd: Findings, where: str) -> dict:
                 val = _INVALID
         elif key == "dirs":
             val = _dirs(v, fnd, key, line)
+        elif key == "dir_confs":
+            val = _dir_confs(v, fnd, key, line)
         elif key == "clone_ns_flags":
             val = _flags(v, fnd, key, line)
         elif key in ("nodes", "options"):
@@ -409,6 +415,86 @@ def _dirs(v, fnd: Findings, key: str, line: int):
             dirs.append(s)
     checked = check_dirs(dirs, fnd, line, key)
     return _INVALID if checked is None else checked
+
+
+def _dir_confs(v, fnd: Findings, key: str, line: int):
+    """dir_confs: a list of {path, base_path, options, tmpfs}; a tuple of LocatedDir."""
+    if isinstance(v, yaml.ScalarNode) and _t(v) == T_NULL:
+        return None
+    if not isinstance(v, yaml.SequenceNode):
+        fnd.error(f"dir_confs must be a list of {{path, options, tmpfs, base_path}} entries, "
+                  f"not {_kind(v)}", line=_line(v), key=key)
+        return _INVALID
+    if not v.value:
+        fnd.error("dir_confs lists no directory", line=line, key=key,
+                  hint="leave it out for the default /tmp,/dev/shm")
+        return _INVALID
+    out = []
+    seen: dict[str, int] = {}
+    ok = True
+    for i, item in enumerate(v.value):
+        where = f"dir_confs[{i}]"
+        eline = _line(item)
+        if not isinstance(item, yaml.MappingNode):
+            fnd.error(f"{where} must be a mapping with path (and options, tmpfs, base_path), "
+                      f"not {_kind(item)}", line=eline, key=key)
+            ok = False
+            continue
+        vals: dict = {}
+        for knode, vnode in _pairs(item, fnd, where):
+            k = knode.value
+            if k in ("path", "base_path", "options"):
+                vals[k] = (_str(vnode, fnd, k), _line(knode))
+            elif k == "tmpfs":
+                vals[k] = (_bool(vnode, fnd, k), _line(knode))
+            else:
+                _unknown(fnd, k, _line(knode), DIR_KEYS, where)
+        if any(val is _INVALID for val, _ in vals.values()):
+            ok = False
+            continue
+        path, pline = vals.get("path", (None, eline))
+        if not path:
+            fnd.error(f"{where} has no path", line=eline, key="path",
+                      hint="each dir_confs entry needs path: /some/dir")
+            ok = False
+            continue
+        if not check_dir_path(path, fnd, pline, "path"):
+            ok = False
+            continue
+        norm = posixpath.normpath(path)
+        if norm in seen:
+            fnd.error(f"dir_confs path {path} is listed twice (first at line {seen[norm]})",
+                      line=pline, key="path", hint="remove the duplicate")
+            ok = False
+            continue
+        seen[norm] = pline
+        tmpfs, tline = vals.get("tmpfs", (False, None))
+        if norm == SHM_DIR and not tmpfs:
+            if "tmpfs" in vals:
+                fnd.warn(f"{SHM_DIR} is always a fresh tmpfs; tmpfs: false is ignored",
+                         line=tline, key="tmpfs", hint="remove tmpfs: false")
+            tmpfs = True
+        base, bline = vals.get("base_path", (None, None))
+        if base == "":
+            base = None
+        if base is not None:
+            if tmpfs:
+                fnd.warn(f"base_path of {path} is ignored: a tmpfs has no backing dir",
+                         line=bline, key="base_path", hint="remove it")
+                base = None
+            elif not check_abs_path(base, fnd, bline, "base_path", "dir_confs base_path"):
+                ok = False
+                continue
+        opts, oline = vals.get("options", (None, None))
+        options: tuple = ()
+        if opts:
+            options = parse_dir_options(opts, bool(tmpfs), path, fnd, oline, "options")
+            if options is None:
+                ok = False
+                continue
+        out.append(LocatedDir(DirConf(path=path, tmpfs=bool(tmpfs), options=options,
+                                      base_path=base), pline, bline))
+    return tuple(out) if ok else _INVALID
 
 
 def _flags(v, fnd: Findings, key: str, line: int):
