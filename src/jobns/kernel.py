@@ -36,11 +36,24 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+
+# dir_confs option names -> mount(2) flags
+MOUNT_FLAG_BY_NAME = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV,
+                      "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
+                      "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
+
+# statvfs(3) f_flag bits that a bind remount must keep: ST_RDONLY, ST_NOSUID, ST_NODEV and
+# ST_NOEXEC equal their MS_ counterparts (the atime bits do not, and are kept by the
+# kernel when the remount names none of them).
+ST_LOCKABLE = MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC
 
 # umount2(2) flags
 MNT_DETACH = 0x2

@@ -538,6 +538,19 @@ def _order_after(parent_ns_id: int | None) -> None:
         os.sched_setaffinity(0, original)
 
 
+def _peel_mounts(path: str) -> None:
+    """Peel off every mount at `path` this namespace inherited (the host may stack
+    several); propagation is already private or slave, so nothing leaves the job.
+    Locked mounts (user namespace) refuse with EINVAL: the new tmpfs then stacks."""
+    for _ in range(16):
+        try:
+            kernel.umount2(path, kernel.MNT_DETACH)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            break
+
+
 def _ns_step(step: Step, plan: Plan) -> int | None:
     cfg = plan.cfg
     if step.kind == "propagation":
@@ -553,18 +566,34 @@ def _ns_step(step: Step, plan: Plan) -> int | None:
             kernel.mount(f"/proc/self/fd/{fd}", step.path, None, kernel.MS_BIND)
         finally:
             os.close(fd)
-    elif step.kind == "shm":
-        # Peel off every /dev/shm mount this namespace inherited (the host may stack
-        # several); propagation is already private or slave, so nothing leaves the job.
-        # Locked mounts (user namespace) refuse with EINVAL: the new tmpfs then stacks.
-        for _ in range(16):
+        names = step.args.get("flags")
+        if names:
+            # MS_BIND ignores flags: apply them with a bind remount, keeping the source
+            # mount's ro/nosuid/nodev/noexec (clearing a locked one fails with EPERM).
+            flags = kernel.MS_REMOUNT | kernel.MS_BIND | \
+                (os.statvfs(step.path).f_flag & kernel.ST_LOCKABLE)
+            for name in names:
+                flags |= kernel.MOUNT_FLAG_BY_NAME[name]
             try:
-                kernel.umount2(SHM_DIR, kernel.MNT_DETACH)
-            except OSError as e:
-                if e.errno not in (errno.EINVAL, errno.EPERM):
+                kernel.mount(None, step.path, None, flags)
+            except PermissionError:
+                atime = [n for n in names if n in ("noatime", "nodiratime", "relatime")]
+                if not (atime and cfg.new_user):
                     raise
-                break
+                raise OperationError(step.name, f"{','.join(atime)} cannot be applied: in a "
+                                     "user namespace the kernel locks a bind mount's atime "
+                                     "flags to those of its source", path=step.path,
+                                     errno=errno.EPERM) from None
+    elif step.kind == "shm":
+        _peel_mounts(SHM_DIR)
         kernel.mount("tmpfs", SHM_DIR, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=1777")
+    elif step.kind == "tmpfs":
+        if step.args.get("peel"):
+            _peel_mounts(step.path)
+        flags = 0
+        for name in step.args["flags"]:
+            flags |= kernel.MOUNT_FLAG_BY_NAME[name]
+        kernel.mount("tmpfs", step.path, "tmpfs", flags, step.args["data"])
     elif step.kind == "hide":
         try:
             kernel.mount("jobns-hidden", step.path, "tmpfs",
