@@ -156,13 +156,14 @@ class _Walker:
     def __init__(self, top_fd: int, top_rel: str, ident: _fsops.StatxResult, *,
                  clear_immutable: bool = False, authoritative: bool = True,
                  may_move: bool = True, skip_prefix: str | None = None,
-                 max_depth: int = MAX_DEPTH):
+                 max_depth: int = MAX_DEPTH, keep_top: bool = False):
         self.top_fd = top_fd  # our own description of the top directory (kept open)
         self.top_rel = top_rel
         self.dev = ident.dev
         self.mnt = ident.mnt_id
         self.top_ino = ident.ino
         self.clear_immutable = clear_immutable
+        self.keep_top = keep_top
         self.authoritative = authoritative  # record failures (else: best effort, silent)
         self.may_move = may_move
         self.skip_prefix = skip_prefix
@@ -507,7 +508,7 @@ class _Walker:
             if not self.authoritative:
                 parent.keep = True
                 return
-            if err.errno == _errno.ENOTEMPTY and fr.retries < 2:
+            if err.errno in (_errno.ENOTEMPTY, _errno.EEXIST) and fr.retries < 2:
                 # Entries appeared while we emptied it (a racing writer): go through it again.
                 self._dir(parent, fr.name, fr.ino, stack, retries=fr.retries + 1)
                 return
@@ -595,6 +596,7 @@ class _Walker:
         root = self._root(self.top_fd, base=self.top_rel, ino=self.top_ino)
         if root is None:
             return False
+        root.fixed = self.keep_top  # never widen the mode of a directory that is kept
         keep = self._walk(root)
         while self.wa_fd is not None:
             before = self.nmoves
@@ -705,8 +707,30 @@ def _start_helpers(w: _Walker, n: int, helpers: list) -> None:
         w.authoritative = False
 
 
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle+iowait, total) jiffies of all CPUs from /proc/stat, or None."""
+    try:
+        with open("/proc/stat", "rb") as fh:
+            fields = [int(x) for x in fh.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return fields[3] + fields[4], sum(fields)
+
+
+def _idle_cpus(before, after, ncpu: int) -> float:
+    """How many CPUs were idle on average between two _cpu_times() samples. A helper
+    only pays off if about one CPU is free: under contention it would only duplicate
+    the directory scans (measured: 0.60 s against 0.51 s alone at load 2.3 on 2 CPUs)."""
+    if before is None or after is None:
+        return float(ncpu)
+    total = (after[1] - before[1]) / max(1, ncpu)
+    if total <= 0:
+        return float(ncpu)
+    return (after[0] - before[0]) / total
+
+
 def _clean(top_fd: int, top_rel: str, report: CleanupReport, workers: int | None,
-           clear_immutable: bool) -> bool:
+           clear_immutable: bool, keep_top: bool = False) -> bool:
     """Empty the directory open as top_fd (our own fd); True if it is now empty."""
     try:
         ident = _fsops.fstatx(top_fd)
@@ -714,7 +738,7 @@ def _clean(top_fd: int, top_rel: str, report: CleanupReport, workers: int | None
         report.failures.append(CleanupFailure(top_rel or ".", "statx", e.errno or 0,
                                               e.strerror or str(e)))
         return False
-    w = _Walker(top_fd, top_rel, ident, clear_immutable=clear_immutable)
+    w = _Walker(top_fd, top_rel, ident, clear_immutable=clear_immutable, keep_top=keep_top)
     helpers: list = []
     ncpu = os.cpu_count() or 1
     try:
@@ -722,11 +746,13 @@ def _clean(top_fd: int, top_rel: str, report: CleanupReport, workers: int | None
             n = min(AUTO_WORKERS, ncpu)
             if n >= 2:
                 start = time.monotonic()
+                cpu_before = _cpu_times()
 
                 def tick():
                     if time.monotonic() - start >= AUTO_PARALLEL_AFTER:
                         w.tick = None
-                        _start_helpers(w, n, helpers)
+                        if _idle_cpus(cpu_before, _cpu_times(), ncpu) >= 0.5:
+                            _start_helpers(w, n, helpers)
                 w.tick = tick
         elif workers >= 2:
             _start_helpers(w, workers, helpers)
@@ -863,7 +889,7 @@ def empty_dir(dir_fd: int, *, workers: int | None = None,
         report.failures.append(CleanupFailure(".", "open", e.errno or 0, e.strerror or ""))
         return report
     try:
-        _clean(fd, "", report, workers, clear_immutable)
+        _clean(fd, "", report, workers, clear_immutable, keep_top=True)
     finally:
         os.close(fd)
     return report

@@ -557,3 +557,16 @@ def test_statx_reports_mount_id():
         assert st.mnt_id == mnt
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_empty_dir_with_deep_chain_and_files(tmpfs, workers):
+    t = os.path.join(tmpfs, "t")
+    build_chain(t, 1_000)
+    make_files(os.path.join(t, "flat"), [f"f{i}" for i in range(3000)])
+    ino = os.stat(t).st_ino
+    with Dir(t) as fd:
+        r = empty_dir(fd, workers=workers)
+    assert r.ok, r
+    assert (r.files, r.dirs) == (3001, 1001)
+    assert os.stat(t).st_ino == ino and os.listdir(t) == []  # work area gone too
