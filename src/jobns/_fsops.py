@@ -20,7 +20,7 @@ import errno
 import fcntl
 import os
 import struct
-from typing import NamedTuple
+from collections import namedtuple
 
 AT_EMPTY_PATH = 0x1000
 STATX_TYPE = 0x1
@@ -39,11 +39,8 @@ _LAYOUT = struct.Struct("=I24xH2xQ96xIIQ")
 _MASK = STATX_TYPE | STATX_MODE | STATX_INO | STATX_MNT_ID
 
 
-class StatxResult(NamedTuple):
-    mode: int
-    ino: int
-    dev: int
-    mnt_id: int
+StatxResult = namedtuple("StatxResult", "mode ino dev mnt_id")
+StatxResult.__doc__ = "mode, inode, device and mount id of an open file"
 
 
 _statx = None

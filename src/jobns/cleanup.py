@@ -64,16 +64,16 @@ caller is safe; the top directory is handed over as an fd.
 from __future__ import annotations
 
 import errno as _errno
-import json
 import os
 import stat
-import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 
 from . import _fsops
+from .values import Record
+
+# json, subprocess and threading are imported only when helper workers start: a job's
+# delete usually never needs them, and it runs on every job end.
 
 __all__ = ["CleanupFailure", "CleanupReport", "remove_tree", "empty_dir"]
 
@@ -95,8 +95,7 @@ _RETRIES = 3  # attempts for an entry that keeps changing type or inode under us
 _TICK_MASK = 1023  # check the clock every 1024 entries
 
 
-@dataclass
-class CleanupFailure:
+class CleanupFailure(Record):
     path: str  # relative to the fd given to remove_tree/empty_dir; surrogateescape'd str
     op: str  # "unlink", "rmdir", "open", "readdir", "rename", "statx", "mkdir"
     errno: int
@@ -108,12 +107,18 @@ class CleanupFailure:
         return f"{self.op} {shown!r}: {self.message} [{name}]"
 
 
-@dataclass
-class CleanupReport:
+class CleanupReport(Record):
     files: int = 0  # non-directories removed (files, symlinks, fifos, sockets, devices)
     dirs: int = 0  # directories removed (for remove_tree, the top itself included)
-    skipped_mounts: list[str] = field(default_factory=list)
-    failures: list[CleanupFailure] = field(default_factory=list)
+    skipped_mounts: list[str] | None = None
+    failures: list[CleanupFailure] | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.skipped_mounts is None:
+            self.skipped_mounts = []
+        if self.failures is None:
+            self.failures = []
 
     @property
     def ok(self) -> bool:
@@ -643,6 +648,7 @@ class _ThreadHelper:
             finally:
                 os.close(fd)
 
+        import threading
         self.thread = threading.Thread(target=run, name="jobns-cleanup", daemon=True)
         self.thread.start()
 
@@ -656,6 +662,8 @@ class _ThreadHelper:
 
 class _ProcessHelper:
     def __init__(self, top_fd, ident, part, nparts, skip_prefix):
+        import json
+        import subprocess
         pkg_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         args = json.dumps([top_fd, list(ident), part, nparts, skip_prefix])
         code = ("import sys; sys.path.insert(0, sys.argv[1]); "
@@ -665,6 +673,7 @@ class _ProcessHelper:
             pass_fds=(top_fd,), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
 
     def finish(self) -> tuple[int, int]:
+        import json
         out, _ = self.proc.communicate()
         try:
             files, dirs = json.loads(out)
@@ -680,6 +689,7 @@ class _ProcessHelper:
 
 def _helper_main(arg: str) -> None:
     """Entry point of a helper process (see `_ProcessHelper`)."""
+    import json
     top_fd, ident, part, nparts, skip_prefix = json.loads(arg)
     fd = os.open(".", _DIR_FLAGS, dir_fd=top_fd)  # own description: own readdir position
     os.close(top_fd)
