@@ -266,7 +266,8 @@ def cmd_list(ctx: Context, args) -> int:
         _require_root("list --usage")
         from jobns.usage import job_usage
         for j in jobs:
-            j["usage"] = job_usage(cfg.base_path, j["job_id"], j.get("dirs") or [])
+            j["usage"] = job_usage(cfg.base_path, j["job_id"], j.get("dirs") or [],
+                                   j.get("backing"))
     if args.json:
         import json
         print(json.dumps(jobs, indent=1))

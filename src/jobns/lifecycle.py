@@ -288,7 +288,8 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
         "version": RECORD_VERSION, "job_id": job.job_id, "uid": job.uid, "gid": job.gid,
         "user": job.user, "node": cfg.node_name, "created": time.strftime(
             "%Y-%m-%dT%H:%M:%S%z"), "created_epoch": time.time(), "state": STATE_CREATING,
-        "base_path": cfg.base_path, "dirs": list(cfg.dirs),
+        "base_path": cfg.base_path, "dirs": list(plan.job_dirs()),
+        "backing": plan.backing_dirs(),
         "clone_ns_flags": list(cfg.clone_ns_flags), "shared": cfg.shared,
         "config": cfg.source, "env": dict(job.env), "init_pid": None,
     }
@@ -972,7 +973,7 @@ def list_jobs(cfg: NodeConfig) -> list[dict]:
             "job_id": entry.name, "user": record.get("user"), "uid": record.get("uid"),
             "created": record.get("created"), "dirs": record.get("dirs"),
             "clone_ns_flags": record.get("clone_ns_flags"), "state": state,
-            "init_pid": init, "path": paths.job_dir,
+            "init_pid": init, "path": paths.job_dir, "backing": record.get("backing") or {},
         })
     return out
 

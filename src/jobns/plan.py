@@ -116,6 +116,16 @@ class Plan(Frozen):
         last_ns = max(i for i, s in enumerate(self.steps) if s.where == NS)
         return self.steps[last_ns + 1:]
 
+    def job_dirs(self) -> tuple[str, ...]:
+        """The job's private dirs as mounted (dir_confs paths expanded), in order."""
+        return tuple(s.path for s in self.steps
+                     if s.where == NS and s.kind in ("bind", "tmpfs", "shm"))
+
+    def backing_dirs(self) -> dict[str, str]:
+        """Private dir -> its backing directory on the host (bind-mounted dirs only)."""
+        return {s.path: s.args["source"] for s in self.steps
+                if s.where == NS and s.kind == "bind"}
+
     def describe(self) -> str:
         lines = [f"plan for job {self.job.job_id} (user {self.job.user}, uid {self.job.uid}, "
                  f"gid {self.job.gid}) on node {self.cfg.node_name}:"]

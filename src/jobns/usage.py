@@ -94,8 +94,11 @@ def _tmpfs_usage_in_ns(pin: str, targets: list[str]) -> dict:
     return json.loads(data)
 
 
-def job_usage(base: str, job_id: str, dirs: list[str]) -> dict:
-    """Usage per private dir of one job: {dir: {kind, bytes, inodes, ...}}."""
+def job_usage(base: str, job_id: str, dirs: list[str],
+              backing: dict[str, str] | None = None) -> dict:
+    """Usage per private dir of one job: {dir: {kind, bytes, inodes, ...}}. `backing`
+    maps a dir to its backing directory (from the job record); by default Slurm's
+    `<base>/<J>/.<J>/<mangled>`."""
     from jobns.lifecycle import pin_inode
     paths = JobPaths.of(base, job_id)
     usage: dict[str, dict] = {}
@@ -108,8 +111,10 @@ def job_usage(base: str, job_id: str, dirs: list[str]) -> dict:
     for d in dirs:
         if d in in_ns:
             usage[d] = {"kind": "tmpfs", **in_ns[d]}
-        elif os.path.isdir(paths.backing(d)):
-            usage[d] = {"kind": "disk", **walk_usage(paths.backing(d))}
+        else:
+            src = (backing or {}).get(d) or paths.backing(d)
+            if os.path.isdir(src) and src.startswith(paths.job_dir + "/"):
+                usage[d] = {"kind": "disk", **walk_usage(src)}
     return usage
 
 

@@ -263,3 +263,27 @@ def test_config_check_reports_dir_confs_problems(node):
     r = node.cli("create", "33", "--user", "nobody")
     assert r.returncode != 0 and "size=1g" in r.stderr
     assert not os.path.exists(node.job_dir("33"))
+
+
+def test_record_and_usage_use_the_expanded_paths(node):
+    """%u/%j paths are recorded as mounted, and `list --usage` measures them."""
+    import json
+    node.write_config(f"defaults:\n  base_path: {node.base}\n  auto_base_path: true\n"
+                      "  dir_confs:\n    - path: /tmp\n    - path: /var/tmp/%u-%j\n"
+                      "    - path: /dev/shm\n      tmpfs: true\n      options: size=4m\n")
+    os.makedirs("/var/tmp/nobody-61", exist_ok=True)
+    try:
+        r = node.cli("create", "61", "--user", "nobody")
+        assert r.returncode == 0, r.stderr
+        r = node.cli("exec", "61", "--", "sh", "-c",
+                     "head -c 100000 /dev/zero > /var/tmp/nobody-61/f; touch /dev/shm/x")
+        assert r.returncode == 0, r.stderr
+        [j] = json.loads(node.cli("list", "--usage", "--json", check=True).stdout)
+        assert j["dirs"] == ["/tmp", "/var/tmp/nobody-61", "/dev/shm"]
+        assert j["usage"]["/var/tmp/nobody-61"]["inodes"] == 1
+        assert j["usage"]["/var/tmp/nobody-61"]["bytes"] >= 100000
+        assert j["usage"]["/dev/shm"]["kind"] == "tmpfs"
+        assert j["usage"]["/dev/shm"]["size"] == 4 * 1024 * 1024
+    finally:
+        node.cli("delete", "61")
+        os.rmdir("/var/tmp/nobody-61")
