@@ -186,7 +186,7 @@ def test_pid1_starts_when_jobns_itself_lives_under_a_private_dir(node):
     venv under /var/tmp, say): PID 1 must not need it inside the namespace."""
     import jobns
     pkg_dir = os.path.dirname(os.path.abspath(jobns.__file__))
-    cfg = node.cfg(dirs=("/tmp", pkg_dir), clone_ns_flags=("CLONE_NEWPID", "CLONE_NEWNS"))
+    cfg = node.cfg(dirs=(pkg_dir,), clone_ns_flags=("CLONE_NEWPID", "CLONE_NEWNS"))
     lifecycle.create(cfg, job("880"))
     r = node.cli("exec", "880", "--", "sh", "-c",
                  f"tr '\\0' ' ' < /proc/1/cmdline; echo; ls -A {pkg_dir} | wc -l")
