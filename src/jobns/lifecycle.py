@@ -81,9 +81,11 @@ def _base(cfg: NodeConfig) -> str:
 
 
 @contextlib.contextmanager
-def job_lock(job_id: str):
+def job_lock(job_id: str, *, remove: bool = False):
     """Serialise create/delete/restore of one job across processes (flock on a lock file
-    in the runtime dir; the file is re-checked after locking so that unlinking it is safe)."""
+    in the runtime dir; the file is re-checked after locking so that unlinking it is safe).
+    With `remove`, the lock file is unlinked before it is released (after a delete), so
+    that lock files do not pile up with every job id a node ever ran."""
     lock_dir = os.path.join(runtime_dir(), "lock")
     _ensure_private_dir(runtime_dir())
     _ensure_private_dir(lock_dir)
@@ -100,6 +102,9 @@ def job_lock(job_id: str):
         os.close(fd)
     try:
         yield
+        if remove:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     finally:
         os.close(fd)
 
@@ -715,7 +720,7 @@ def delete(cfg: NodeConfig, job_id: str, *, log=null_log) -> DeleteResult:
     """Tear the job's namespace down and remove <base>/<J> completely."""
     validate_job_id(job_id)
     _base(cfg)
-    with job_lock(job_id):
+    with job_lock(job_id, remove=True):
         return _delete_locked(cfg, job_id, log)
 
 

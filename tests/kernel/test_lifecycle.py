@@ -92,6 +92,7 @@ def test_delete_removes_everything_and_unmounts(node):
     assert mounts_under(node.base) == [node.base]
     assert node.leftovers() == []
     assert not os.path.lexists(os.path.join(node.runtime, "jobs", "55"))
+    assert not os.path.lexists(os.path.join(node.runtime, "lock", "55"))
     # deleting again is a no-op with a message
     r = node.cli("delete", "55")
     assert r.returncode == 0 and "nothing to delete" in r.stderr
