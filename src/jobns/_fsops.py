@@ -20,7 +20,6 @@ import errno
 import fcntl
 import os
 import struct
-from collections import namedtuple
 
 AT_EMPTY_PATH = 0x1000
 STATX_TYPE = 0x1
@@ -39,8 +38,19 @@ _LAYOUT = struct.Struct("=I24xH2xQ96xIIQ")
 _MASK = STATX_TYPE | STATX_MODE | STATX_INO | STATX_MNT_ID
 
 
-StatxResult = namedtuple("StatxResult", "mode ino dev mnt_id")
-StatxResult.__doc__ = "mode, inode, device and mount id of an open file"
+class StatxResult(tuple):
+    """(mode, ino, dev, mnt_id) of an open file (a plain tuple subclass: collections'
+    namedtuple would cost an import on every job end)."""
+
+    __slots__ = ()
+
+    def __new__(cls, mode, ino, dev, mnt_id):
+        return tuple.__new__(cls, (mode, ino, dev, mnt_id))
+
+    mode = property(lambda self: self[0])
+    ino = property(lambda self: self[1])
+    dev = property(lambda self: self[2])
+    mnt_id = property(lambda self: self[3])
 
 
 _statx = None

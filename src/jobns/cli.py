@@ -6,37 +6,52 @@ Imports are lazy: a job start (`create`) loads only what it uses.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 import sys
 
+from jobns._lazy import lazy
+
 from jobns.errors import JobnsError, UsageError
+
+# argparse imports re (and enum): more than a whole create costs. The commands a prolog
+# and an epilog run are parsed by _fast_args; argparse loads for everything else.
+argparse = lazy("argparse")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
-class _Formatter(argparse.HelpFormatter):
-    """argparse's formatter asks shutil for the terminal width on every add_argument
-    (shutil imports bz2 and lzma); os.get_terminal_size answers without those imports."""
+def _parser_class():
+    """The ArgumentParser subclass jobns uses (made on first use: argparse loads lazily)."""
+    global _PARSER
+    if _PARSER is not None:
+        return _PARSER
 
-    def __init__(self, prog, **kwargs):
-        if kwargs.get("width") is None:
-            try:
-                kwargs["width"] = os.get_terminal_size(sys.stderr.fileno()).columns - 2
-            except (OSError, ValueError, AttributeError):
-                kwargs["width"] = int(os.environ.get("COLUMNS", "0") or 0) or 98
-        super().__init__(prog, **kwargs)
+    class Formatter(argparse.HelpFormatter):
+        """argparse's formatter asks shutil for the terminal width on every add_argument
+        (shutil imports bz2 and lzma); os.get_terminal_size answers without them."""
+
+        def __init__(self, prog, **kwargs):
+            if kwargs.get("width") is None:
+                try:
+                    kwargs["width"] = os.get_terminal_size(sys.stderr.fileno()).columns - 2
+                except (OSError, ValueError, AttributeError):
+                    kwargs["width"] = int(os.environ.get("COLUMNS", "0") or 0) or 98
+            super().__init__(prog, **kwargs)
+
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("formatter_class", Formatter)
+            super().__init__(*args, **kwargs)
+
+        def error(self, message):  # usage errors exit 2 with the usage line
+            self.print_usage(sys.stderr)
+            self.exit(EXIT_USAGE, f"jobns: error: {message}\n")
+
+    _PARSER = Parser
+    return Parser
 
 
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, *args, **kwargs):
-        kwargs.setdefault("formatter_class", _Formatter)
-        super().__init__(*args, **kwargs)
-
-    def error(self, message):  # usage errors exit 2 with the usage line, as argparse does
-        self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"jobns: error: {message}\n")
+_PARSER = None
 
 
 def _add_run(sub) -> None:
@@ -89,7 +104,7 @@ def _add_list(sub) -> None:
 
 def _add_config(sub) -> None:
     s = sub.add_parser("config", help="show or check the configuration")
-    csub = s.add_subparsers(dest="config_command", metavar="show|check", parser_class=_Parser)
+    csub = s.add_subparsers(dest="config_command", metavar="show|check", parser_class=_parser_class())
     csub.required = True
     c = csub.add_parser("show", help="effective config for this node")
     c.add_argument("--json", action="store_true")
@@ -113,7 +128,7 @@ _SUBCOMMANDS = {"run": _add_run, "create": _add_create, "exec": _add_exec, "dele
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `only` (a known command) just that subcommand is built, which
     keeps the job-start path from building every subcommand's arguments."""
-    p = _Parser(prog="jobns", description="Private per-job namespaces (/tmp, /dev/shm, PID, "
+    p = _parser_class()(prog="jobns", description="Private per-job namespaces (/tmp, /dev/shm, PID, "
                 "user) for batch jobs; Slurm namespace.yaml / job_container.conf compatible.")
     p.add_argument("--config", metavar="FILE", help="config file (namespace.yaml, "
                    "job_container.conf or plugstack.conf); default: $JOBNS_CONFIG, then "
@@ -123,7 +138,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("--version", action="version", version="jobns 0.1.0")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_parser_class())
     sub.required = True
 
     for name, add in _SUBCOMMANDS.items():
@@ -332,6 +347,69 @@ COMMANDS = {"run": cmd_run, "create": cmd_create, "exec": cmd_exec, "delete": cm
             "slurm": cmd_slurm}
 
 
+class _Args:
+    """What _fast_args returns: the same attributes argparse would set."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _fast_args(argv: list[str], command: list[str] | None) -> _Args | None:
+    """Parse `create`, `delete` and `exec` in their plain forms without argparse. Anything
+    else (other commands, --help, unusual spellings, any error) returns None, and argparse
+    parses it, with its usual messages. Tests check both parsers agree."""
+    glob = {"config": None, "node": None, "verbose": False, "quiet": False}
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if tok in ("--config", "--node") and i + 1 < len(argv) and \
+                not argv[i + 1].startswith("-"):
+            glob[tok[2:]] = argv[i + 1]
+            i += 2
+        elif tok in ("-v", "--verbose", "-q", "--quiet"):
+            glob["verbose" if tok in ("-v", "--verbose") else "quiet"] = True
+            i += 1
+        else:
+            break
+    if i >= len(argv):
+        return None
+    cmd, rest = argv[i], argv[i + 1:]
+    if not rest or rest[0].startswith("-"):
+        return None
+    job, opts = rest[0], rest[1:]
+    if len(opts) % 2:
+        return None
+    pairs = [(opts[k], opts[k + 1]) for k in range(0, len(opts), 2)]
+    if any(v.startswith("-") for _, v in pairs):
+        return None
+    names = [n for n, _ in pairs]
+    if cmd == "delete" and not pairs and command is None:
+        return _Args(command="delete", job=job, **glob)
+    if cmd == "exec" and command and names in ([], ["--user"]):
+        return _Args(command="exec", job=job, user=dict(pairs).get("--user"), cmd=command,
+                     **glob)
+    if cmd != "create" or command is not None:
+        return None
+    env: list[str] = []
+    single: dict[str, str] = {}
+    for name, value in pairs:
+        if name == "--env":
+            env.append(value)
+        elif name in ("--user", "--uid", "--gid") and name not in single:
+            single[name] = value
+        else:
+            return None
+    if ("--user" in single) == ("--uid" in single):
+        return None
+    for name in ("--uid", "--gid"):
+        if name in single and not (single[name].isascii() and single[name].isdigit()):
+            return None
+    uid = int(single["--uid"]) if "--uid" in single else None
+    gid = int(single["--gid"]) if "--gid" in single else None
+    return _Args(command="create", job=job, user=single.get("--user"), uid=uid, gid=gid,
+                 env=env, dry_run=False, **glob)
+
+
 def _command_word(argv: list[str]) -> str | None:
     """The subcommand named in argv (skipping the global options and their values)."""
     it = iter(argv)
@@ -351,16 +429,18 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in argv and any(c in argv[:argv.index("--")] for c in ("run", "exec")):
         i = argv.index("--")
         argv, command = argv[:i], argv[i + 1:]
-    parser = build_parser(_command_word(argv))
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "slurm":      # the adapter parses its own options, --help included
-        args.args = extra + list(args.args)
-    elif extra:
-        parser.error("unrecognized arguments: " + " ".join(extra))
-    if command is not None:
-        if getattr(args, "cmd", None):
-            parser.error("give the command after '--' only")
-        args.cmd = command
+    args = _fast_args(argv, command)
+    if args is None:
+        parser = build_parser(_command_word(argv))
+        args, extra = parser.parse_known_args(argv)
+        if args.command == "slurm":      # the adapter parses its own options, --help too
+            args.args = extra + list(args.args)
+        elif extra:
+            parser.error("unrecognized arguments: " + " ".join(extra))
+        if command is not None:
+            if getattr(args, "cmd", None):
+                parser.error("give the command after '--' only")
+            args.cmd = command
     ctx = Context(args)
     try:
         code = COMMANDS[args.command](ctx, args)
@@ -374,8 +454,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:   # e.g. `jobns list | head`
-        with contextlib.suppress(OSError):
+        try:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except OSError:
+            pass
         return EXIT_FAILED
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from jobns.errors import UsageError
 from jobns.values import Frozen
 
 # Slurm job ids are decimal and below NO_VAL (0xfffffffe). Standalone jobs may also use a
 # name; it must be safe as a single path component and cannot look like an option.
 _MAX_NUMERIC = 0xFFFFFFFD
-_NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 
 
 def validate_job_id(text: str) -> str:
@@ -23,7 +22,8 @@ def validate_job_id(text: str) -> str:
         if not 1 <= value <= _MAX_NUMERIC:
             raise UsageError(f"job id {text!r}: must be between 1 and {_MAX_NUMERIC}")
         return text
-    if _NAME_RE.fullmatch(text) and not text.endswith("."):
+    if (len(text) <= 64 and text[0].isascii() and text[0].isalpha()
+            and _NAME_CHARS.issuperset(text) and not text.endswith(".")):
         return text
     raise UsageError(
         f"job id {text!r}: must be a decimal Slurm job id or a name of letters, digits, "

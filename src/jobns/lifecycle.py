@@ -21,23 +21,28 @@ Kernel facts this module relies on (measured; see docs/architecture.md):
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
-import json
+import marshal
 import os
 import pwd
 import select
-import signal
 import sys
 import time
 from jobns import kernel
+from jobns._lazy import lazy
 from jobns.config.model import SHM_DIR, NodeConfig
 from jobns.errors import OperationError, UsageError
 from jobns.job import Job, validate_job_id
 from jobns.log import null_log
 from jobns.plan import HOST, JobPaths, Plan, Step, build_plan
-from jobns.values import Frozen
+from jobns.values import Frozen, suppress
+
+# json (with re) and signal (with enum) cost more to import than a create does: the
+# record is written by _to_json, child messages use marshal, and these load on demand.
+json = lazy("json")
+signal = lazy("signal")
+SIGKILL = 9
 
 TRASH = ".jobns-trash"
 FAIL_ENV = "JOBNS_TEST_FAIL_STEP"       # failure injection, used by the test suite
@@ -80,33 +85,41 @@ def _base(cfg: NodeConfig) -> str:
     return cfg.base_path
 
 
-@contextlib.contextmanager
-def job_lock(job_id: str, *, remove: bool = False):
+class job_lock:
     """Serialise create/delete/restore of one job across processes (flock on a lock file
     in the runtime dir; the file is re-checked after locking so that unlinking it is safe).
     With `remove`, the lock file is unlinked before it is released (after a delete), so
     that lock files do not pile up with every job id a node ever ran."""
-    lock_dir = os.path.join(runtime_dir(), "lock")
-    _ensure_private_dir(runtime_dir())
-    _ensure_private_dir(lock_dir)
-    path = os.path.join(lock_dir, job_id)
-    while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
+
+    def __init__(self, job_id: str, *, remove: bool = False):
+        self.path = os.path.join(runtime_dir(), "lock", job_id)
+        self.remove = remove
+        self.fd = -1
+
+    def __enter__(self):
+        _ensure_private_dir(runtime_dir())
+        _ensure_private_dir(os.path.dirname(self.path))
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)
+
+    def __exit__(self, exc_type, exc, tb):
         try:
-            same = os.fstat(fd).st_ino == os.stat(path, follow_symlinks=False).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        yield
-        if remove:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-    finally:
-        os.close(fd)
+            if self.remove and exc_type is None:
+                with suppress(OSError):
+                    os.unlink(self.path)
+        finally:
+            os.close(self.fd)
+        return False
 
 
 def _read_record(paths: JobPaths) -> dict | None:
@@ -122,13 +135,65 @@ def _read_record(paths: JobPaths) -> dict | None:
         return None
 
 
+_JSON_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _json_str(s: str) -> str:
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return f'"{s}"'
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif ch in _JSON_SHORT:
+            out.append(_JSON_SHORT[ch])
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif o < 0x10000:
+            out.append(f"\\u{o:04x}")
+        else:
+            o -= 0x10000
+            out.append(f"\\u{0xD800 | (o >> 10):04x}\\u{0xDC00 | (o & 0x3FF):04x}")
+    return '"' + "".join(out) + '"'
+
+
+def _to_json(obj, level: int = 0) -> str:
+    """JSON text of the record, as json.dumps(obj, indent=1, sort_keys=True) writes it
+    (the record stays readable for admins; this spares the job-start path `json`)."""
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, int):
+        return str(int(obj))
+    if isinstance(obj, float):
+        if obj != obj or obj in (float("inf"), float("-inf")):
+            return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(obj)]
+        return repr(obj)
+    if isinstance(obj, str):
+        return _json_str(obj)
+    pad, inner = "\n" + " " * level, "\n" + " " * (level + 1)
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return "[]"
+        return "[" + ",".join(inner + _to_json(v, level + 1) for v in obj) + pad + "]"
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        return "{" + ",".join(f"{inner}{_json_str(str(k))}: {_to_json(obj[k], level + 1)}"
+                              for k in sorted(obj)) + pad + "}"
+    raise TypeError(f"not serialisable in a job record: {type(obj).__name__}")
+
+
 def _write_record(paths: JobPaths, record: dict) -> None:
     tmp = paths.record + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=True)
-        f.write("\n")
+        f.write(_to_json(record) + "\n")
     os.rename(tmp, paths.record)
 
 
@@ -237,7 +302,7 @@ class _Child:
 
     def recv(self, timeout: float = 60.0) -> dict:
         deadline = time.monotonic() + timeout
-        while b"\n" not in self.buf:
+        while len(self.buf) < 4 or len(self.buf) < 4 + int.from_bytes(self.buf[:4], "little"):
             left = deadline - time.monotonic()
             if left <= 0:
                 raise OperationError("namespace", "the namespace process did not answer")
@@ -248,12 +313,13 @@ class _Child:
             if not chunk:
                 raise OperationError("namespace", "the namespace process exited unexpectedly")
             self.buf += chunk
-        line, _, self.buf = self.buf.partition(b"\n")
-        return json.loads(line)
+        size = 4 + int.from_bytes(self.buf[:4], "little")
+        msg, self.buf = self.buf[4:size], self.buf[size:]
+        return marshal.loads(msg)
 
     def close(self) -> None:
         for fd in (self.to_child, self.from_child):
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.close(fd)
 
 
@@ -432,13 +498,13 @@ def _reap(pid: int) -> int | None:
 def _undo_create(plan: Plan, owns_dir: bool, child: _Child | None, init_pid: int | None,
                  log) -> None:
     if child is not None:
-        with contextlib.suppress(OSError):
-            os.kill(child.pid, signal.SIGKILL)
+        with suppress(OSError):
+            os.kill(child.pid, SIGKILL)
         _reap(child.pid)
         child.close()
     if init_pid:
         _kill_and_wait(init_pid, None)
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         os.unlink(index_path(plan.job.job_id))
     if not owns_dir:
         return
@@ -454,7 +520,7 @@ def _set_index(job_id: str, job_dir: str) -> None:
     _ensure_private_dir(jobs)
     link = os.path.join(jobs, job_id)
     tmp = link + ".new"
-    with contextlib.suppress(FileNotFoundError):
+    with suppress(FileNotFoundError):
         os.unlink(tmp)
     os.symlink(job_dir, tmp)
     os.rename(tmp, link)
@@ -485,7 +551,8 @@ def _spawn_namespace_child(plan: Plan) -> _Child:
 
 
 def _say(fd: int, **msg) -> None:
-    os.write(fd, (json.dumps(msg) + "\n").encode())
+    data = marshal.dumps(msg)
+    os.write(fd, len(data).to_bytes(4, "little") + data)
 
 
 def _namespace_child(plan: Plan, rfd: int, wfd: int, parent_ns_id: int | None) -> int:
@@ -661,7 +728,7 @@ def _start_init(plan: Plan) -> int:
             os.execv(python, [python, "-I", "-S", "-c", _REAPER_CODE, plan.job.job_id,
                               str(ready_w)])
         except BaseException as e:
-            with contextlib.suppress(Exception):
+            with suppress(Exception):
                 os.write(ready_w, f"E{type(e).__name__}: {e}".encode())
         os._exit(127)
     os.close(ready_w)
@@ -675,8 +742,8 @@ def _start_init(plan: Plan) -> int:
             break
     os.close(ready_r)
     if answer != b"R":
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGKILL)
+        with suppress(OSError):
+            os.kill(pid, SIGKILL)
         raise OperationError("init", "PID 1 did not start: "
                              + (answer[1:].decode(errors="replace") or "exited"),
                              path="/proc")
@@ -735,7 +802,7 @@ def _kill_and_wait(pid: int, pin_ino: int | None, timeout: float = 10.0) -> bool
         if pin_ino is not None and _ns_inode(pid, "mnt") != pin_ino:
             return False
         try:
-            kernel.pidfd_send_signal(pidfd, signal.SIGKILL)
+            kernel.pidfd_send_signal(pidfd, SIGKILL)
         except ProcessLookupError:
             return False
         select.select([pidfd], [], [], timeout)
@@ -777,12 +844,11 @@ def _delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True
     base = _base(cfg)
     paths = JobPaths.of(base, job_id)
     result = DeleteResult(job_id=job_id, existed=os.path.lexists(paths.job_dir))
-    with contextlib.suppress(OSError):
+    with suppress(OSError):
         os.unlink(index_path(job_id))
     if not result.existed:
         result.seconds = time.monotonic() - t0
         return result
-    record = _read_record(paths) or {}
     ino = pin_inode(paths.pin)
     if ino is not None:
         init = _init_pid(paths, ino)
@@ -790,7 +856,7 @@ def _delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True
             result.killed += 1
         result.killed += _kill_namespace_members(ino)
     if run_epilog and ino is not None and cfg.clone_ns_epilog:
-        _run_epilog(cfg, record, job_id, paths, log)
+        _run_epilog(cfg, _read_record(paths) or {}, job_id, paths, log)
     unmounted = _detach_mounts_below(paths.job_dir, log)
     base_fd = _open_base(base)
     try:
@@ -821,7 +887,7 @@ def _delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True
 
 
 def _drop_empty_trash(base_fd: int) -> None:
-    with contextlib.suppress(OSError):   # ENOTEMPTY: other deletes are under way
+    with suppress(OSError):   # ENOTEMPTY: other deletes are under way
         os.rmdir(TRASH, dir_fd=base_fd)
 
 
@@ -949,7 +1015,7 @@ def _prune_index() -> None:
     for name in names:
         link = os.path.join(jobs, name)
         if not os.path.exists(link):
-            with contextlib.suppress(OSError):
+            with suppress(OSError):
                 os.unlink(link)
 
 
@@ -999,7 +1065,7 @@ class JobNamespaces:
     def close(self) -> None:
         for fd in (self.pid, self.user, self.mnt):
             if fd is not None:
-                with contextlib.suppress(OSError):
+                with suppress(OSError):
                     os.close(fd)
 
 
@@ -1117,9 +1183,9 @@ def exit_like(code: int) -> int:
         return code
     import resource
     sig = -code
-    with contextlib.suppress(ValueError, OSError):
+    with suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    with contextlib.suppress(ValueError, OSError):
+    with suppress(ValueError, OSError):
         signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
         os.kill(os.getpid(), sig)
@@ -1143,6 +1209,11 @@ def exec_in(cfg: NodeConfig, job_id: str, argv: list[str], *, user: str | None =
     cwd = os.getcwd() if os.path.exists(".") else None
     env = dict(os.environ)
     pid_ns = handle.pid is not None
+    if pid_ns:
+        # this process stays to relay signals and the exit status: load what that needs
+        # now, while the interpreter's library is surely visible
+        import resource  # noqa: F401  (exit_like)
+        signal.SIGINT
     join(handle)
     log("debug", f"job {job_id}: exec {argv[0]} as {ident.name}")
     if not pid_ns:
@@ -1152,11 +1223,26 @@ def exec_in(cfg: NodeConfig, job_id: str, argv: list[str], *, user: str | None =
 
 
 def _execvpe(argv: list[str], env: dict[str, str]) -> None:
-    try:
-        os.execvpe(argv[0], argv, env)
-    except OSError as e:
-        sys.stderr.write(f"jobns: exec {argv[0]}: {e.strerror}\n")
-        os._exit(127 if e.errno == errno.ENOENT else 126)
+    """execvpe searching the job's PATH, in the job's mount namespace. Written out rather
+    than os.execvpe, which imports `warnings` after the join, when the interpreter's own
+    library may not be visible any more."""
+    cmd = argv[0]
+    if "/" in cmd:
+        candidates = [cmd]
+    else:
+        candidates = [os.path.join(d or ".", cmd)
+                      for d in env.get("PATH", "/usr/local/bin:/usr/bin:/bin").split(":")]
+    first_error: OSError | None = None
+    for path in candidates:
+        try:
+            os.execve(path, argv, env)
+        except OSError as e:
+            if first_error is None or (first_error.errno in (errno.ENOENT, errno.ENOTDIR)
+                                       and e.errno not in (errno.ENOENT, errno.ENOTDIR)):
+                first_error = e
+    err = first_error or OSError(errno.ENOENT, "No such file or directory")
+    sys.stderr.write(f"jobns: exec {cmd}: {err.strerror}\n")
+    os._exit(127 if err.errno in (errno.ENOENT, errno.ENOTDIR) else 126)
 
 
 def _fork_exec_wait(argv: list[str], ident: Identity, cwd: str | None,
@@ -1178,7 +1264,7 @@ def wait_relaying(pid: int) -> int:
                signal.SIGUSR2)
 
     def forward(sig, _frame):
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             os.kill(pid, sig)
 
     old = {s: signal.signal(s, forward) for s in relayed}

@@ -100,3 +100,19 @@ class Record(Frozen):
     __setattr__ = object.__setattr__
     __delattr__ = object.__delattr__
     __hash__ = None
+
+
+class suppress:
+    """contextlib.suppress, without importing contextlib (and functools, collections) on
+    the job-start path."""
+
+    __slots__ = ("exceptions",)
+
+    def __init__(self, *exceptions):
+        self.exceptions = exceptions
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        return exc_type is not None and issubclass(exc_type, self.exceptions)

@@ -194,3 +194,22 @@ def test_pid1_starts_when_jobns_itself_lives_under_a_private_dir(node):
     title, count = r.stdout.splitlines()
     assert title.strip() == "jobns: [880.namespace]"
     assert count == "0"    # the package dir is the job's private (empty) one
+
+
+def test_exec_works_when_the_interpreter_is_hidden_in_the_job(node):
+    """`jobns exec` joins the job's mounts and then still runs Python code (the PATH
+    search): nothing it needs may be imported after the join, because the interpreter's
+    library may be hidden inside the job. (With a PID namespace the base interpreter must
+    stay visible anyway: PID 1 runs on it.)"""
+    import sysconfig
+    stdlib = sysconfig.get_paths()["stdlib"]
+    for flags, jid in ((("CLONE_NEWNS",), "890"),):
+        cfg = node.cfg(dirs=(stdlib,), clone_ns_flags=flags)
+        node.write_config(f"defaults:\n  base_path: {node.base}\n  dirs: {stdlib}\n"
+                          f"  clone_ns_flags: [{', '.join(flags)}]\n")
+        lifecycle.create(cfg, job(jid))
+        r = node.cli("exec", jid, "--", "sh", "-c", f"ls -A {stdlib} | wc -l; exit 3")
+        assert r.returncode == 3, r.stderr
+        assert r.stdout.strip() == "0"
+        r = node.cli("exec", jid, "--", "sh", "-c", "kill -TERM $$")
+        assert r.returncode == -15, r.stderr

@@ -98,3 +98,66 @@ def test_parser_built_for_one_command_parses_like_the_full_one():
     assert one == full and one["uid"] == 7 and one["env"] == ["A=b"]
     assert cli._command_word(["-v", "--node", "list", "exec"]) == "exec"
     assert cli._command_word(["--help"]) is None
+
+
+FAST = [
+    (["create", "5", "--user", "bob"], None),
+    (["-q", "--config", "/c.yaml", "--node", "n1", "create", "5", "--uid", "7", "--gid", "8",
+      "--env", "A=b", "--env", "C=d=e"], None),
+    (["create", "run-x", "--uid", "0"], None),
+    (["delete", "12"], None),
+    (["-v", "delete", "12"], None),
+    (["exec", "12", "--user", "bob"], ["ls", "-la"]),
+    (["--node", "cn1", "exec", "12"], ["sh", "-c", "x --user y"]),
+]
+# forms the fast path leaves to argparse (which accepts some and rejects others)
+SLOW = [
+    (["create", "--user", "bob", "5"], None), (["create", "5", "--user=bob"], None),
+    (["create", "5", "--user", "bob", "--uid", "3"], None), (["create", "5"], None),
+    (["create", "5", "--uid", "x"], None), (["create", "5", "--user", "a", "--dry-run"], None),
+    (["create", "5", "--user", "a", "--user", "b"], None), (["delete", "5", "6"], None),
+    (["delete", "--help"], None), (["exec", "5"], None), (["list"], None),
+    (["--config=/c", "delete", "5"], None), (["create", "5", "--user", "-x"], None),
+]
+
+
+@pytest.mark.parametrize("argv,cmd", FAST)
+def test_fast_parser_agrees_with_argparse(argv, cmd):
+    fast = cli._fast_args(argv, cmd)
+    assert fast is not None
+    full = cli.build_parser().parse_args(argv)
+    if cmd is not None:
+        full.cmd = cmd
+    assert vars(fast) == vars(full)
+
+
+@pytest.mark.parametrize("argv,cmd", SLOW)
+def test_fast_parser_leaves_the_rest_to_argparse(argv, cmd):
+    assert cli._fast_args(argv, cmd) is None
+
+
+def test_job_start_imports_stay_light(tmp_path):
+    """create and delete (a prolog, an epilog) must not import what costs more than the
+    work itself: argparse, re, json, enum, dataclasses, typing, yaml, subprocess."""
+    heavy = ("argparse", "re", "json", "enum", "dataclasses", "typing", "yaml", "subprocess",
+             "threading", "hashlib", "socket", "shutil")
+    probe = ("import sys\nfrom jobns import cli\n"
+             "try:\n    cli.main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+             f"print(' '.join(m for m in {heavy!r} if m in sys.modules))")
+    import shutil
+    import tempfile
+    top = tempfile.mkdtemp(prefix="jobns-light-", dir="/var/tmp")   # not under /tmp
+    conf = tmp_path / "namespace.yaml"
+    conf.write_text(f"defaults:\n  base_path: {top}/base\n  auto_base_path: true\n")
+    env = dict(os.environ, JOBNS_CONFIG=str(conf), JOBNS_RUNTIME_DIR=str(tmp_path / "run"))
+    # warm the config cache first (the first load of a file parses the YAML)
+    subprocess.run([sys.executable, "-m", "jobns", "config", "show"], env=env,
+                   capture_output=True, check=True)
+    for argv in (["-q", "delete", "4242"], ["-q", "create", "4242", "--uid", "65534"]):
+        r = subprocess.run([sys.executable, "-c", probe, *argv], env=env, capture_output=True,
+                           text=True)
+        assert r.stdout.strip() == "", (argv, r.stdout, r.stderr)
+    if os.geteuid() == 0:   # the create above really ran: clean it up
+        subprocess.run([sys.executable, "-m", "jobns", "-q", "delete", "4242"], env=env)
+        subprocess.run(["umount", "-l", f"{top}/base"], capture_output=True)
+    shutil.rmtree(top, ignore_errors=True)

@@ -1,6 +1,7 @@
 """Public API: discover, detect, load/check/explain/format_show, the cache, speed, imports."""
 
 import json
+import marshal
 import os
 import subprocess
 import sys
@@ -138,11 +139,11 @@ def test_cache_hit_miss_and_invalidation(tmp_path, runtime):
     files = list((runtime / "config-cache").iterdir())
     assert len(files) == 1
     assert (runtime / "config-cache").stat().st_mode & 0o777 == 0o700
-    entry = json.loads(files[0].read_text())
+    entry = marshal.loads(files[0].read_bytes())
     assert entry["key"]["node"] == "n1" and entry["config"]["base_path"] == "/var/a"
     # a hit returns the cached value without parsing: prove it by poisoning the entry
     entry["config"]["origin"] = "from cache"
-    files[0].write_text(json.dumps(entry))
+    files[0].write_bytes(marshal.dumps(entry))
     assert load(str(p), "n1").origin == "from cache"
     assert load(str(p), "n1", use_cache=False) == cfg
     # another node has its own entry
@@ -170,9 +171,9 @@ def test_untrusted_or_corrupt_cache_is_ignored(tmp_path, runtime, spoil):
     load(str(p), "n1")
     d = runtime / "config-cache"
     f = next(d.iterdir())
-    entry = json.loads(f.read_text())
+    entry = marshal.loads(f.read_bytes())
     entry["config"]["base_path"] = "/evil"
-    f.write_text(json.dumps(entry))
+    f.write_bytes(marshal.dumps(entry))
     assert load(str(p), "n1").base_path == "/evil"  # trusted: used
     if spoil == "group_writable_file":
         f.chmod(0o620)
@@ -180,14 +181,14 @@ def test_untrusted_or_corrupt_cache_is_ignored(tmp_path, runtime, spoil):
         d.chmod(0o777)
     elif spoil == "symlink":
         target = tmp_path / "elsewhere.json"
-        target.write_text(f.read_text())
+        target.write_bytes(f.read_bytes())
         f.unlink()
         f.symlink_to(target)
     elif spoil == "garbage":
-        f.write_text("{not json")
+        f.write_bytes(b"\xda{not marshal")
     elif spoil == "wrong_types":
         entry["config"]["shared"] = "yes"
-        f.write_text(json.dumps(entry))
+        f.write_bytes(marshal.dumps(entry))
     elif spoil == "other_owner":
         if os.geteuid() != 0:
             pytest.skip("needs root to give the file away")

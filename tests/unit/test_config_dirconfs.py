@@ -2,6 +2,7 @@
 `config show`, and the plan it produces (tmpfs data, %j/%u, size=N%mem)."""
 
 import json
+import marshal
 import subprocess
 import sys
 import textwrap
@@ -248,16 +249,16 @@ def test_cache_round_trips_dir_confs(tmp_path, monkeypatch):
     p = write(tmp_path, SLURM_TEST)
     cfg = load(p, "n1", check_scripts=False)
     f = next((run / "config-cache").iterdir())
-    entry = json.loads(f.read_text())
+    entry = marshal.loads(f.read_bytes())
     assert entry["config"]["dir_confs"][0]["options"] == "noexec"
     # a hit rebuilds the same value (poison origin to prove it came from the cache)
     entry["config"]["origin"] = "cached"
-    f.write_text(json.dumps(entry))
+    f.write_bytes(marshal.dumps(entry))
     hit = load(p, "n1", check_scripts=False)
     assert hit.origin == "cached" and hit.dir_confs == cfg.dir_confs and hit.dirs == cfg.dirs
     # a malformed dir_confs entry is a miss, never a wrong answer
     entry["config"]["dir_confs"][0]["tmpfs"] = "yes"
-    f.write_text(json.dumps(entry))
+    f.write_bytes(marshal.dumps(entry))
     assert load(p, "n1", check_scripts=False).origin != "cached"
 
 

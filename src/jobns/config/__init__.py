@@ -24,7 +24,6 @@ accepted too.
 from __future__ import annotations
 
 import os
-import re
 
 from jobns.config.model import NodeConfig, builtin_default
 from jobns.errors import ConfigError
@@ -32,7 +31,7 @@ from jobns.errors import ConfigError
 DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
 FORMATS = ("yaml", "conf", "plugstack")
 MAX_FILE = 16 << 20
-_RAW_ARGS = re.compile(r"\s*(base|mount)=")
+_RAW_ARGS = r"\s*(base|mount)="
 
 __all__ = ["discover", "load", "check", "explain", "format_show", "detect", "NodeConfig",
            "ConfigError"]
@@ -176,7 +175,10 @@ def _split_prefix(path: str) -> tuple[str | None, str]:
 
 
 def _is_raw_args(fmt: str | None, target: str) -> bool:
-    return fmt == "plugstack" and bool(_RAW_ARGS.match(target)) and not os.path.exists(target)
+    if fmt != "plugstack" or os.path.exists(target):
+        return False
+    import re
+    return bool(re.match(_RAW_ARGS, target))
 
 
 def _open(path: str):

@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import stat
 
 from jobns.config.model import (CLONE_NEWNS, DEFAULT_DIRS, DEFAULT_WAIT, DIR_FLAGS,
                                 KNOWN_CLONE_FLAGS, SHM_DIR, DirConf, NodeConfig)
 from jobns.errors import ConfigError
+from jobns._lazy import lazy
 from jobns.values import Frozen, Record
+
+re = lazy("re")
 
 ERROR = "error"
 WARNING = "warning"
@@ -165,9 +167,11 @@ def check_dirs(dirs: list[str], fnd: Findings, line: int | None, key: str) -> tu
 TMPFS_DATA_KEYS = ("size", "nr_blocks", "nr_inodes", "mode", "uid", "gid", "huge", "mpol",
                    "noswap", "inode32", "inode64")
 _TMPFS_BARE = ("noswap", "inode32", "inode64")
-_SIZE_RE = re.compile(r"([0-9]+)([kKmMgGtT%]?)\Z")
-SIZE_MEM_RE = re.compile(r"([0-9]+)%mem\Z")      # jobns extension: % of SLURM_JOB_MEM
-_MODE_RE = re.compile(r"[0-7]{1,5}\Z")
+# Patterns are compiled on first use (re caches them): the job-start path, which loads a
+# cached config, never needs them and so never imports re.
+_SIZE_PAT = r"([0-9]+)([kKmMgGtT%]?)\Z"
+SIZE_MEM_PAT = r"([0-9]+)%mem\Z"      # jobns extension: % of SLURM_JOB_MEM
+_MODE_PAT = r"[0-7]{1,5}\Z"
 _HUGE = ("never", "always", "within_size", "advise")
 DIR_EXPANSIONS = ("j", "u")
 
@@ -203,14 +207,14 @@ def check_dir_path(value: str, fnd: Findings, line: int | None, key: str) -> boo
 
 
 def _check_size(name: str, value: str, fnd: Findings, line, key) -> bool:
-    if name == "size" and SIZE_MEM_RE.match(value):
-        pct = int(SIZE_MEM_RE.match(value).group(1))
+    if name == "size" and re.match(SIZE_MEM_PAT, value):
+        pct = int(re.match(SIZE_MEM_PAT, value).group(1))
         if not 1 <= pct <= 100:
             fnd.error(f"size={value}: the percentage of the job's memory must be 1 to 100",
                       line=line, key=key)
             return False
         return True
-    m = _SIZE_RE.match(value)
+    m = re.match(_SIZE_PAT, value)
     if m is None or (name == "nr_blocks" and m.group(2) in ("%", "t", "T")):
         fnd.error(f"{name}={value} is not a valid size", line=line, key=key,
                   hint="write <number> optionally followed by k, m, g (KiB, MiB, GiB)"
@@ -278,7 +282,7 @@ def parse_dir_options(text: str, tmpfs: bool, path: str, fnd: Findings, line: in
                 ok = False
                 continue
         elif name == "mode":
-            if not _MODE_RE.match(value) or int(value, 8) > 0o7777:
+            if not re.match(_MODE_PAT, value) or int(value, 8) > 0o7777:
                 fnd.error(f"mode={value} is not an octal mode", line=line, key=key,
                           hint="e.g. mode=0700 or mode=1777")
                 ok = False

@@ -1,6 +1,6 @@
 """A validated on-disk cache of loaded NodeConfigs, so job starts skip YAML parsing.
 
-One JSON file per (config path, node) under ``$JOBNS_RUNTIME_DIR/config-cache/``
+One marshal file per (config path, node) under ``$JOBNS_RUNTIME_DIR/config-cache/``
 (default ``/run/jobns/config-cache/``). An entry is used only when its key matches
 exactly: the config file's identity (st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns),
 the format, node name, short hostname (for ``%h``) and the jobns version.
@@ -14,7 +14,7 @@ means "no cache".
 
 from __future__ import annotations
 
-import json
+import marshal
 import os
 import stat
 import zlib
@@ -50,7 +50,7 @@ def _entry_path(key: dict) -> str:
     # so a collision is a cache miss, never a wrong answer.
     raw = f"{key['path']}\0{key['format']}\0{key['node']}".encode("utf-8", "surrogateescape")
     digest = f"{zlib.crc32(raw):08x}{zlib.adler32(raw):08x}"
-    return os.path.join(cache_dir(), digest + ".json")
+    return os.path.join(cache_dir(), digest + ".cache")
 
 
 def _trusted(st: os.stat_result) -> bool:
@@ -71,11 +71,12 @@ def get(key: dict) -> NodeConfig | None:
             data = os.read(fd, MAX_ENTRY + 1)
         finally:
             os.close(fd)
-        entry = json.loads(data)
+        entry = marshal.loads(data)   # the file is root-owned and not writable by others
         if not isinstance(entry, dict) or entry.get("key") != key:
             return None
         return _from_dict(entry.get("config"))
-    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError, RecursionError):
+    except (OSError, ValueError, TypeError, KeyError, EOFError, UnicodeDecodeError,
+            RecursionError):
         return None
 
 
@@ -96,7 +97,7 @@ def put(key: dict, cfg: NodeConfig) -> bool:
             return False
         target = _entry_path(key)
         tmp = f"{target}.{os.getpid()}.tmp"
-        payload = json.dumps({"key": key, "config": cfg.as_dict()}, sort_keys=True).encode()
+        payload = marshal.dumps({"key": key, "config": cfg.as_dict()})
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:
