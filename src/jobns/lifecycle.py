@@ -247,8 +247,31 @@ def _open_base(base: str) -> int:
 # ---------------------------------------------------------------------------------------
 # base path
 
-def ensure_base(cfg: NodeConfig, log=null_log) -> str:
-    """Create base_path if allowed, check it is safe, and make it its own private mount."""
+def _base_marker(real: str) -> str:
+    return os.path.join(runtime_dir(), "bases", real.replace("/", "_"))
+
+
+def _base_mount_key(real: str) -> str | None:
+    """'<boot id> <mount id of base_path>': what a verified base_path looked like."""
+    from jobns import _fsops
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        fd = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return f"{boot} {_fsops.fstatx(fd).mnt_id}"
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+
+
+def ensure_base(cfg: NodeConfig, log=null_log, *, thorough: bool = False) -> str:
+    """Create base_path if allowed, check it is safe, and make it its own private mount.
+
+    Reading the mount table costs ~1 ms per thousand mounts (one per live job), so once
+    base_path was found (or made) a private mount, its mount id is remembered in the
+    runtime dir and later calls only compare it; `thorough` always reads the table."""
     base = _base(cfg)
     if not os.path.isabs(base):
         raise OperationError("ensure-base", "base_path must be absolute", path=base)
@@ -270,6 +293,15 @@ def ensure_base(cfg: NodeConfig, log=null_log) -> str:
         raise OperationError("ensure-base", "must be owned by root and not writable by group "
                              "or others (mode %04o, uid %d)" % (st.st_mode & 0o7777, st.st_uid),
                              path=base)
+    marker = _base_marker(real)
+    if not thorough:
+        key = _base_mount_key(real)
+        try:
+            with open(marker) as f:
+                if key is not None and f.read() == key:
+                    return real
+        except OSError:
+            pass
     mounts = kernel.mounts_at(real)
     top = mounts[-1] if mounts else None
     try:
@@ -282,6 +314,16 @@ def ensure_base(cfg: NodeConfig, log=null_log) -> str:
             log("info", f"made base_path mount {real} private (was {' '.join(top.propagation)})")
     except OSError as e:
         raise OperationError.from_oserror("ensure-base", e, real) from None
+    key = _base_mount_key(real)
+    if key is not None:
+        try:
+            _ensure_private_dir(runtime_dir())
+            _ensure_private_dir(os.path.dirname(marker))
+            with open(marker + ".tmp", "w") as f:
+                f.write(key)
+            os.rename(marker + ".tmp", marker)
+        except (OSError, OperationError):
+            pass   # only a shortcut for the next call
     return real
 
 
@@ -412,7 +454,15 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
                 if step.args.get("hook") == "user_ns_script":
                     _check_user_maps(child.pid, step)
             elif step.kind == "pin":
-                kernel.mount(f"/proc/{child.pid}/ns/mnt", paths.pin, None, kernel.MS_BIND)
+                try:
+                    kernel.mount(f"/proc/{child.pid}/ns/mnt", paths.pin, None, kernel.MS_BIND)
+                except OSError as e:
+                    if e.errno != errno.EINVAL:
+                        raise
+                    # base_path lost its private propagation since it was checked (a pin
+                    # on a shared mount is refused): check it for real, and retry once
+                    ensure_base(cfg, log, thorough=True)
+                    kernel.mount(f"/proc/{child.pid}/ns/mnt", paths.pin, None, kernel.MS_BIND)
         step = None
         child.send(b"G")
         msg = child.recv()
@@ -824,6 +874,17 @@ def _kill_namespace_members(pin_ino: int) -> int:
     return killed
 
 
+def _umount_pin(pin: str, log) -> int:
+    """Lazily unmount the job's mount-namespace pin; 1 if it was mounted, else 0."""
+    try:
+        kernel.umount2(pin, kernel.MNT_DETACH | kernel.UMOUNT_NOFOLLOW)
+        return 1
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            log("warning", f"umount {pin}: {e.strerror} [{errno.errorcode.get(e.errno)}]")
+        return 0
+
+
 def _detach_mounts_below(job_dir: str, log) -> list[str]:
     """Lazily unmount every mount at or below job_dir in this namespace, deepest first.
     Unmounting never deletes data; the walker then never meets a foreign filesystem."""
@@ -857,14 +918,27 @@ def _delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True
         result.killed += _kill_namespace_members(ino)
     if run_epilog and ino is not None and cfg.clone_ns_epilog:
         _run_epilog(cfg, _read_record(paths) or {}, job_id, paths, log)
-    unmounted = _detach_mounts_below(paths.job_dir, log)
+    # The pin is the only mount a job normally has on the host. Anything else mounted
+    # below the job dir (an admin's bind, a script's mount) is found by the walker, which
+    # never enters it; then, and only then, the mount table is read to detach it.
+    unmounted = _umount_pin(paths.pin, log)
     base_fd = _open_base(base)
     try:
         trash_name = f"{job_id}.{time.time_ns()}"
         trash_fd = _open_trash(base_fd)
         try:
             os.rename(job_id, trash_name, src_dir_fd=base_fd, dst_dir_fd=trash_fd)
-            _remove_into(result, trash_fd, trash_name, f"{paths.job_dir}")
+            first = DeleteResult(job_id=job_id, existed=True)
+            _remove_into(first, trash_fd, trash_name, paths.job_dir)
+            if first.skipped_mounts:
+                moved = os.path.join(os.path.realpath(base), TRASH, trash_name)
+                unmounted += len(_detach_mounts_below(moved, log))
+                _remove_into(result, trash_fd, trash_name, paths.job_dir)
+                result.files += first.files
+                result.dirs += first.dirs
+            else:
+                result.files, result.dirs = first.files, first.dirs
+                result.failures, result.ok = first.failures, first.ok
         finally:
             os.close(trash_fd)
         if result.ok:
@@ -878,7 +952,7 @@ def _delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True
     result.seconds = time.monotonic() - t0
     if result.ok:
         log("info", f"job {job_id}: deleted {paths.job_dir} ({result.files} files, "
-            f"{result.dirs} dirs, {len(unmounted)} mounts, {result.killed} processes killed) "
+            f"{result.dirs} dirs, {unmounted} mounts, {result.killed} processes killed) "
             f"in {result.seconds * 1000:.1f} ms")
     else:
         log("error", f"job {job_id}: delete incomplete: {result.summary()} "
@@ -976,7 +1050,7 @@ def restore(cfg: NodeConfig, live: set[str] | frozenset[str] = frozenset(), *,
 
     A job is live if its id is in `live`, or if it was created by a standalone
     `jobns run` whose process is still running."""
-    base = ensure_base(cfg, log)
+    base = ensure_base(cfg, log, thorough=True)
     result = RestoreResult(base=base)
     for entry in sorted(os.scandir(base), key=lambda e: e.name):
         name = entry.name

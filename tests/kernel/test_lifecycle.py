@@ -324,3 +324,21 @@ def test_list_usage_measures_disk_and_tmpfs(node):
     assert shm["inodes"] >= 2
     table = node.cli("list", "--usage", check=True).stdout
     assert "/tmp=2.9M/5i" in table and "USAGE" in table
+
+
+def test_base_path_made_shared_behind_our_back_is_repaired(node):
+    """ensure_base remembers a verified base_path; if someone makes it shared later, the
+    pin is refused (EINVAL) and create re-checks the mount table, makes it private again
+    and succeeds."""
+    cfg = node.cfg()
+    lifecycle.create(cfg, job("71"))
+    subprocess.run(["mount", "--make-shared", node.base], check=True)
+    [m] = [m for m in kernel.mounts_at(node.base)]
+    assert any(p.startswith("shared:") for p in m.propagation)
+    logged = []
+    lifecycle.create(cfg, job("72"), log=lambda lvl, msg: logged.append(msg))
+    [m] = [m for m in kernel.mounts_at(node.base)]
+    assert not m.propagation        # private again
+    assert any("private (was shared:" in msg for msg in logged), logged
+    assert run_in(node, "72", "echo ok").stdout == "ok\n"
+    assert run_in(node, "71", "echo ok").stdout == "ok\n"
