@@ -2,14 +2,16 @@
 namespaces alive; `restore` with 1,000 live jobs; host mountinfo lines added per job.
 
 The background jobs are made in-process (lifecycle.create, built-in config: mnt only). At
-each level the probe job is created and deleted `runs` times, in-process and through the
-CLI; the anchor is the same figure at level 0 in the same run.
+each level (after a sync, so that the disk's writeback of the new jobs is not measured)
+the probe job is created and deleted `runs` times, in-process and through the CLI; the
+anchor is the same figure at level 0 in the same run.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import time
 
 from jobns import lifecycle
 
@@ -61,6 +63,12 @@ def run(res: Results, runs: int, quick: bool) -> None:
                 lifecycle.create(cfg, node.job(f"bg{alive}"))
                 grow_ms.append((now() - t) * 1000)
                 alive += 1
+            # Growing leaves the disk busy writing back hundreds of new job dirs for a few
+            # seconds, which would be measured as "scale" (it doubled API create at 100
+            # jobs). Flush it first, at every level alike, so that only the number of live
+            # namespaces differs between levels.
+            os.sync()
+            time.sleep(2)
             log(f"scale: probing at {level} live jobs ({mountinfo_lines()} mountinfo lines)")
             _probe(node, cfg, runs, level, res)
         top = levels[-1]
