@@ -50,7 +50,6 @@ RUNTIME_ENV = "JOBNS_RUNTIME_DIR"
 DEFAULT_RUNTIME_DIR = "/run/jobns"
 RECORD_VERSION = 1
 
-STATE_CREATING = "creating"
 STATE_READY = "ready"
 
 
@@ -120,6 +119,22 @@ class job_lock:
         finally:
             os.close(self.fd)
         return False
+
+
+def _lock_held(job_id: str) -> bool:
+    """Whether a create/delete/restore holds the job's lock now (without waiting)."""
+    try:
+        fd = os.open(os.path.join(runtime_dir(), "lock", job_id),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _read_record(paths: JobPaths) -> dict | None:
@@ -400,7 +415,7 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
     record = {
         "version": RECORD_VERSION, "job_id": job.job_id, "uid": job.uid, "gid": job.gid,
         "user": job.user, "node": cfg.node_name, "created": time.strftime(
-            "%Y-%m-%dT%H:%M:%S%z"), "created_epoch": time.time(), "state": STATE_CREATING,
+            "%Y-%m-%dT%H:%M:%S%z"), "created_epoch": time.time(), "state": STATE_READY,
         "base_path": cfg.base_path, "dirs": list(plan.job_dirs()),
         "backing": plan.backing_dirs(),
         "clone_ns_flags": list(cfg.clone_ns_flags), "shared": cfg.shared,
@@ -431,8 +446,6 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
                     os.chmod(step.path, step.args["mode"])
                     if step.args.get("owner"):
                         os.chown(step.path, *step.args["owner"], follow_symlinks=False)
-            elif step.kind == "record":
-                _write_record(paths, record)
             elif step.kind == "pin_file":
                 os.close(os.open(step.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
                                  0o400))
@@ -569,11 +582,11 @@ def _set_index(job_id: str, job_dir: str) -> None:
     _ensure_private_dir(runtime_dir())
     _ensure_private_dir(jobs)
     link = os.path.join(jobs, job_id)
-    tmp = link + ".new"
-    with suppress(FileNotFoundError):
-        os.unlink(tmp)
-    os.symlink(job_dir, tmp)
-    os.rename(tmp, link)
+    try:
+        os.symlink(job_dir, link)
+    except FileExistsError:      # left by a crash; this create holds the job's lock
+        os.unlink(link)
+        os.symlink(job_dir, link)
 
 
 # ------------------------------ the namespace child ------------------------------------
@@ -1109,7 +1122,8 @@ def list_jobs(cfg: NodeConfig) -> list[dict]:
         ino = pin_inode(paths.pin)
         init = _init_pid(paths, ino) if ino else None
         if ino is None:
-            state = "creating" if record.get("state") == STATE_CREATING else "lost"
+            # no namespace: being created or deleted right now (its lock is held), or lost
+            state = "busy" if _lock_held(entry.name) else "lost"
         elif record.get("init_pid") and not init:
             state = "broken"
         else:

@@ -235,7 +235,6 @@ def build_plan(cfg: NodeConfig, job: Job) -> Plan:
     add(Step("mkdir-job", HOST, "mkdir", paths.job_dir, "0700 root",
              {"mode": 0o700, "owner": None}))
     add(Step("mkdir-ns", HOST, "mkdir", paths.ns_dir, "0700 root", {"mode": 0o700, "owner": None}))
-    add(Step("record", HOST, "record", paths.record, "state creating"))
     add(Step("pin-file", HOST, "pin_file", paths.pin, "empty file for the mount pin"))
     add(Step("mkdir-src", HOST, "mkdir", paths.src, f"0700 {job.uid}:root",
              {"mode": 0o700, "owner": (job.uid, -1)}))
@@ -266,7 +265,7 @@ def build_plan(cfg: NodeConfig, job: Job) -> Plan:
     add(Step("hide-base", NS, "hide", cfg.base_path, "empty read-only tmpfs over base_path"))
     if cfg.new_pid:
         add(Step("init", NS, "init", "/proc", "PID 1 reaper; fresh /proc"))
-    add(Step("record-ready", HOST, "ready", paths.record, "state ready"))
+    add(Step("record", HOST, "ready", paths.record, "what was built"))
     add(Step("index", HOST, "index", None, "runtime index entry"))
     if cfg.clone_ns_script:
         add(Step("clone-ns-script", HOST, "hook", cfg.clone_ns_script,

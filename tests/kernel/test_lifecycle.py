@@ -133,7 +133,7 @@ def test_failure_at_every_step_leaves_nothing(node, monkeypatch, flags, tmp_path
     lifecycle.ensure_base(cfg)
     steps = [s.name for s in build_plan(cfg, job("31")).steps]
     assert {"mkdir-job", "pin-mnt", "bind:/tmp", "tmpfs:/dev/shm", "hide-base",
-            "record-ready", "index", "clone-ns-script"} <= set(steps)
+            "record", "index", "clone-ns-script"} <= set(steps)
     before_mounts = sorted(mounts_under(node.base))
     procs_before = _procs_titled("jobns: [31.namespace]")
     for name in steps:
@@ -342,3 +342,13 @@ def test_base_path_made_shared_behind_our_back_is_repaired(node):
     assert any("private (was shared:" in msg for msg in logged), logged
     assert run_in(node, "72", "echo ok").stdout == "ok\n"
     assert run_in(node, "71", "echo ok").stdout == "ok\n"
+
+
+def test_list_tells_a_job_being_built_from_a_lost_one(node):
+    cfg = node.cfg()
+    lifecycle.ensure_base(cfg)
+    os.makedirs(os.path.join(node.job_dir("81"), ".ns"))
+    assert lifecycle.list_jobs(cfg)[0]["state"] == "lost"
+    with lifecycle.job_lock("81"):          # what a create or delete in progress holds
+        assert lifecycle.list_jobs(cfg)[0]["state"] == "busy"
+    assert lifecycle.list_jobs(cfg)[0]["state"] == "lost"

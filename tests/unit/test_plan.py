@@ -15,14 +15,14 @@ def names(plan):
 
 def test_default_plan_order_and_sides():
     plan = build_plan(NodeConfig(node_name="n1", base_path="/b"), JOB)
-    assert names(plan) == ["ensure-base", "mkdir-job", "mkdir-ns", "record", "pin-file",
+    assert names(plan) == ["ensure-base", "mkdir-job", "mkdir-ns", "pin-file",
                            "mkdir-src", "mkdir-dir:/tmp", "unshare", "pin-mnt", "propagation",
-                           "bind:/tmp", "tmpfs:/dev/shm", "hide-base", "record-ready", "index"]
+                           "bind:/tmp", "tmpfs:/dev/shm", "hide-base", "record", "index"]
     assert [s.name for s in plan.in_namespace()] == ["propagation", "bind:/tmp",
                                                      "tmpfs:/dev/shm", "hide-base"]
     assert [s.name for s in plan.host_between()] == ["pin-mnt"]
     assert plan.host_before()[-1].name == "unshare"
-    assert [s.name for s in plan.host_after()] == ["record-ready", "index"]
+    assert [s.name for s in plan.host_after()] == ["record", "index"]
     assert all(s.where == HOST for s in plan.host_after())
 
 
