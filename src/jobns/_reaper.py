@@ -46,6 +46,9 @@ def main() -> None:
     except OSError:
         pass
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})
+    null = os.open("/dev/null", os.O_WRONLY)
+    os.dup2(null, 2)          # stderr was the ready pipe, for start-up errors
+    os.close(null)
     os.write(ready_fd, b"R")
     os.close(ready_fd)
     while True:

@@ -781,8 +781,12 @@ def _start_init(plan: Plan) -> int:
             kernel.mount("proc", "/proc", "proc",
                          kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
             null = os.open("/dev/null", os.O_RDWR)
-            for fd in ((0, 1) if os.environ.get("JOBNS_DEBUG_INIT") else (0, 1, 2)):
-                os.dup2(null, fd)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            # stderr goes to the ready pipe until the reaper is up: if the interpreter
+            # cannot start, its own message becomes create's error (the reaper then
+            # points stderr at /dev/null)
+            os.dup2(ready_w, 2)
             os.closerange(3, ready_w)
             os.closerange(ready_w + 1, 65536)
             os.setsid()
@@ -796,7 +800,7 @@ def _start_init(plan: Plan) -> int:
         os._exit(127)
     os.close(ready_w)
     answer = b""
-    while True:
+    while len(answer) < 65536:
         chunk = os.read(ready_r, 4096)
         if not chunk:
             break
@@ -807,9 +811,10 @@ def _start_init(plan: Plan) -> int:
     if answer != b"R":
         with suppress(OSError):
             os.kill(pid, SIGKILL)
+        text = answer[1:] if answer[:1] == b"E" else answer
+        lines = text.decode(errors="replace").strip().splitlines()
         raise OperationError("init", "PID 1 did not start: "
-                             + (answer[1:].decode(errors="replace") or "exited"),
-                             path="/proc")
+                             + (lines[-1] if lines else f"{python} exited"), path="/proc")
     return pid
 
 

@@ -213,3 +213,38 @@ def test_exec_works_when_the_interpreter_is_hidden_in_the_job(node):
         assert r.stdout.strip() == "0"
         r = node.cli("exec", jid, "--", "sh", "-c", "kill -TERM $$")
         assert r.returncode == -15, r.stderr
+
+
+def test_pid1_start_failure_names_the_cause(node, monkeypatch):
+    """When PID 1's interpreter cannot start, create fails at step init with the
+    interpreter's own message, and leaves nothing behind."""
+    import sys
+
+    import pytest
+
+    from jobns.errors import OperationError
+    monkeypatch.setattr(sys, "_base_executable", "/nonexistent/python3", raising=False)
+    cfg = node.cfg(clone_ns_flags=("CLONE_NEWPID", "CLONE_NEWNS"))
+    with pytest.raises(OperationError) as exc:
+        lifecycle.create(cfg, job("892"))
+    assert exc.value.step == "init"
+    assert "No such file or directory" in str(exc.value), str(exc.value)
+    assert node.leftovers() == []
+
+
+def test_pid1_interpreter_error_output_reaches_the_error(node, monkeypatch):
+    import sys
+
+    import pytest
+
+    from jobns.errors import OperationError
+    fake = os.path.join(os.path.dirname(node.base), "fakepython")
+    with open(fake, "w") as f:
+        f.write("#!/bin/sh\necho 'Fatal Python error: fake start-up failure' >&2\nexit 1\n")
+    os.chmod(fake, 0o755)
+    monkeypatch.setattr(sys, "_base_executable", fake, raising=False)
+    cfg = node.cfg(clone_ns_flags=("CLONE_NEWPID", "CLONE_NEWNS"))
+    with pytest.raises(OperationError) as exc:
+        lifecycle.create(cfg, job("893"))
+    assert "Fatal Python error: fake start-up failure" in str(exc.value)
+    assert node.leftovers() == []
