@@ -14,7 +14,6 @@ Anchors, all measured in the same run:
 from __future__ import annotations
 
 import os
-import signal
 import sys
 
 from jobns import kernel, lifecycle
@@ -31,7 +30,7 @@ def _tag(label: str) -> str:
 
 def _cli_cycle(node: Node, runs: int, pid_user: bool, res: Results, label: str) -> None:
     env = node.env(pid_user)
-    create, exec_, delete, delete_files = [], [], [], []
+    create, exec_, delete = [], [], []
     for i in range(runs):
         j = f"cli{_tag(label)}{i}"
         create.append(run_timed([JOBNS, "create", j, "--user", "nobody"], env))

@@ -9,7 +9,6 @@ Anchors: the peak RSS of `<venv>/bin/python -I -S -c pass` (the interpreter alon
 
 from __future__ import annotations
 
-import os
 import subprocess
 
 from jobns import lifecycle

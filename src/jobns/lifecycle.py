@@ -35,7 +35,7 @@ from jobns.config.model import SHM_DIR, NodeConfig
 from jobns.errors import OperationError, UsageError
 from jobns.job import Job, validate_job_id
 from jobns.log import null_log
-from jobns.plan import HOST, JobPaths, Plan, Step, build_plan
+from jobns.plan import JobPaths, Plan, Step, build_plan
 from jobns.values import Frozen, suppress
 
 # json (with re) and signal (with enum) cost more to import than a create does: the
@@ -1305,7 +1305,7 @@ def exec_in(cfg: NodeConfig, job_id: str, argv: list[str], *, user: str | None =
     if pid_ns:
         # this process stays to relay signals and the exit status: load what that needs
         # now, while the interpreter's library is surely visible
-        import resource  # noqa: F401  (exit_like)
+        __import__("resource")   # for exit_like
         signal.SIGINT
     join(handle)
     log("debug", f"job {job_id}: exec {argv[0]} as {ident.name}")

@@ -14,7 +14,7 @@ from conftest import JOBNS
 from jobns import lifecycle
 
 from nshelp import (JOB_UID, MNT, PID, alive, cmdline, init_pid, job, ns_ino, procs_in_pidns,
-                    start_time, status_field, stat_fields, uss_bytes, wait_until)
+                    start_time, status_field, uss_bytes, wait_until)
 
 USS_LIMIT = 8 * 1024 * 1024
 

@@ -329,7 +329,7 @@ def check(path: str, node: str | None = None) -> list[ConfigError]:
 def explain(path: str | None, node: str) -> str:
     """Which entry or line of `path` applies to `node`, and the resulting configuration."""
     if path is None:
-        return f"no config file: the built-in default applies\n\n" + format_show(
+        return "no config file: the built-in default applies\n\n" + format_show(
             builtin_default(node))
     parsed, _st = _parse(path)
     settings, origin, applied = parsed.select(node)

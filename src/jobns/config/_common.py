@@ -15,7 +15,7 @@ import posixpath
 import stat
 
 from jobns.config.model import (CLONE_NEWNS, DEFAULT_DIRS, DEFAULT_WAIT, DIR_FLAGS,
-                                KNOWN_CLONE_FLAGS, SHM_DIR, DirConf, NodeConfig)
+                                KNOWN_CLONE_FLAGS, DirConf, NodeConfig)
 from jobns.errors import ConfigError
 from jobns._lazy import lazy
 from jobns.values import Frozen, Record
