@@ -2,7 +2,8 @@
 # Prepare this checkout on a Debian 12 machine (as root): Debian packages that jobns and
 # its tests need, then a virtualenv in .venv with jobns installed (editable) into it.
 #   scripts/setup.sh            runtime only (what the demo needs)
-#   scripts/setup.sh --tests    also the test tools, Slurm 22.05, munge, gcc, libslurm-dev
+#   scripts/setup.sh --tests    also the test tools, Slurm 22.05, munge, gcc, libslurm-dev,
+#                               libpam0g-dev
 set -euo pipefail
 cd "$(dirname "$0")/.."
 want_tests=0
@@ -15,7 +16,7 @@ fi
 
 pkgs=(util-linux procps)
 if [ $want_tests = 1 ]; then
-    pkgs+=(gcc libc6-dev e2fsprogs slurmctld slurmd slurm-client munge libslurm-dev)
+    pkgs+=(gcc libc6-dev e2fsprogs slurmctld slurmd slurm-client munge libslurm-dev libpam0g-dev)
 fi
 python=${JOBNS_PYTHON:-python3}
 if ! "$python" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then

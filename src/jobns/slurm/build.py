@@ -1,4 +1,5 @@
-"""Build the SPANK plugin on the node, against the installed <slurm/spank.h>."""
+"""Build the SPANK plugin (against the installed <slurm/spank.h>) and the PAM session
+module (against <security/pam_modules.h>) on the node."""
 
 from __future__ import annotations
 
@@ -17,6 +18,9 @@ PLUGIN = "jobns_spank.so"
 INCLUDE_DIRS = ("/usr/include", "/usr/local/include", "/opt/slurm/include")
 HEADER_PACKAGES = "Debian/Ubuntu: apt-get install libslurm-dev; RHEL/Fedora: dnf install slurm-devel"
 CFLAGS = ("-Wall", "-Wextra", "-O2", "-fPIC", "-shared")
+PAM_SOURCE = "pam_jobns.c"
+PAM_MODULE = "pam_jobns.so"
+PAM_HEADER_PACKAGES = "Debian/Ubuntu: apt-get install libpam0g-dev; RHEL/Fedora: dnf install pam-devel"
 
 
 def find_include_dir(explicit: str | None = None) -> str:
@@ -53,22 +57,49 @@ def default_jobns() -> str:
     raise UsageError("cannot find the jobns executable; pass --jobns /path/to/bin/jobns")
 
 
+def find_pam_include_dir(explicit: str | None = None) -> str:
+    """The directory that holds security/pam_modules.h."""
+    candidates = [explicit] if explicit else list(INCLUDE_DIRS)
+    for d in candidates:
+        if os.path.isfile(os.path.join(d, "security", "pam_modules.h")):
+            return d
+    raise OperationError("build-pam", f"security/pam_modules.h not found in "
+                         f"{', '.join(candidates)} (install the PAM development headers: "
+                         f"{PAM_HEADER_PACKAGES}; or pass --include-dir DIR)")
+
+
 def build(output: str, *, include_dir: str | None = None, cc: str | None = None) -> str:
     """Compile the plugin to `output` (atomically replaced: running slurmstepds keep the
     old file mapped). Returns the compiler's warnings, if any."""
-    inc = find_include_dir(include_dir)
-    compiler = find_compiler(cc)
+    return _compile("build-plugin", SOURCE, output, find_include_dir(include_dir),
+                    find_compiler(cc), [])
+
+
+def build_pam(output: str, *, include_dir: str | None = None, cc: str | None = None) -> str:
+    """Compile the PAM session module to `output` (atomically replaced: sshd processes
+    keep the old file mapped). Returns the compiler's warnings, if any."""
+    inc = find_pam_include_dir(include_dir)
+    try:
+        compiler = find_compiler(cc)
+    except OperationError as e:
+        raise OperationError("build-pam", e.message) from None
+    return _compile("build-pam", PAM_SOURCE, output, inc, compiler, ["-lpam"])
+
+
+def _compile(step: str, source: str, output: str, inc: str, compiler: str,
+             libs: list[str]) -> str:
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, mode=0o755, exist_ok=True)
-    src = resources.files("jobns.slurm").joinpath(SOURCE)
+    src = resources.files("jobns.slurm").joinpath(source)
     with resources.as_file(src) as src_path:
-        fd, tmp = tempfile.mkstemp(prefix=".jobns_spank.", suffix=".so", dir=out_dir)
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.splitext(source)[0]}.", suffix=".so",
+                                   dir=out_dir)
         os.close(fd)
-        cmd = [compiler, *CFLAGS, "-I", inc, "-o", tmp, str(src_path)]
+        cmd = [compiler, *CFLAGS, "-I", inc, "-o", tmp, str(src_path), *libs]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
-                raise OperationError("build-plugin", f"{shlex.join(cmd)} failed:\n"
+                raise OperationError(step, f"{shlex.join(cmd)} failed:\n"
                                      f"{proc.stderr.strip()}")
             os.chmod(tmp, 0o755)
             os.replace(tmp, output)
@@ -87,4 +118,12 @@ def plugstack_line(plugin: str, jobns: str, *, config: str | None = None,
         parts.append(f"runtime={runtime}")
     if not prolog:
         parts.append("prolog=no")
+    return " ".join(parts)
+
+
+def pam_line(module: str, runtime: str | None = None) -> str:
+    """The /etc/pam.d/sshd line (after pam_slurm_adopt)."""
+    parts = ["session", "required", module]
+    if runtime:
+        parts.append(f"runtime={runtime}")
     return " ".join(parts)

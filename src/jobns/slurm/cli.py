@@ -5,6 +5,7 @@
   restore       at slurmd start: delete namespaces of jobs with no live slurmstepd
   live-jobs     print the jobs that have a live slurmstepd on this node
   build-plugin  compile the SPANK plugin and print its plugstack.conf line
+  build-pam     compile the PAM session module (ssh into a job) and print its pam.d line
   write-scripts write Prolog/Epilog wrapper scripts for slurm.conf
 
 The core CLI calls ``main(argv, ctx)``; ctx has ``config_path``, ``node`` and
@@ -135,6 +136,27 @@ def cmd_build_plugin(args, ctx) -> int:
     return 0
 
 
+def cmd_build_pam(args, ctx) -> int:
+    import sys
+    from jobns.slurm import build
+    if args.output and args.prefix:
+        raise UsageError("give either --prefix or --output")
+    output = os.path.abspath(args.output or os.path.join(args.prefix or sys.prefix, "lib",
+                                                         "jobns", build.PAM_MODULE))
+    runtime = os.path.abspath(args.runtime or runtime_dir())
+    for value, what in ((output, "module path"), (runtime, "runtime dir")):
+        if re.search(r"\s", value):
+            raise UsageError(f"{what} {value!r}: pam.d arguments cannot contain spaces")
+    warnings = build.build_pam(output, include_dir=args.include_dir, cc=args.cc)
+    if warnings:
+        ctx.log("warning", f"compiler output:\n{warnings}")
+    print(f"built {output}")
+    print("add this line to /etc/pam.d/sshd after the pam_slurm_adopt line (append "
+          "required_join to deny a login whose job cannot be joined):")
+    print(build.pam_line(output, runtime))
+    return 0
+
+
 def cmd_write_scripts(args, ctx) -> int:
     import shlex
     from jobns.slurm import build
@@ -186,6 +208,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--no-prolog", action="store_true",
                    help="plugstack line with prolog=no (Prolog=/Epilog= scripts do it)")
     s.set_defaults(func=cmd_build_plugin)
+
+    s = sub.add_parser("build-pam", help="compile the PAM session module that moves ssh "
+                                         "sessions into the user's job")
+    s.add_argument("--prefix", help="install to PREFIX/lib/jobns/pam_jobns.so "
+                                    "(default: this installation's prefix)")
+    s.add_argument("--output", help="exact path of the .so to write")
+    s.add_argument("--include-dir", help="directory that holds security/pam_modules.h")
+    s.add_argument("--cc", help="C compiler (default: $CC, cc, gcc)")
+    s.add_argument("--runtime", help="runtime dir named in the pam.d line "
+                                     "(default: $JOBNS_RUNTIME_DIR or /run/jobns)")
+    s.set_defaults(func=cmd_build_pam)
 
     s = sub.add_parser("write-scripts", help="write jobns-prolog/jobns-epilog for slurm.conf")
     s.add_argument("dir", help="directory to write them to")
