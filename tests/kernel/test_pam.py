@@ -240,8 +240,18 @@ def test_slurm_job_id_chooses_among_the_users_jobs(node, pam):
     for job in (None, "7106"):
         r = pam("nobody", "cat", "/tmp/marker", job=job)
         assert (r.returncode, r.stdout) == (0, "second\n"), r.stderr
-        assert "user nobody has 2 jobs on this node; joining the newest, job 7105" in r.stderr
+        assert ("user nobody has 2 jobs on this node; joining job 7105, the newest that can "
+                "be joined") in r.stderr
     assert "SLURM_JOB_ID=7106 is not a job of user nobody" in r.stderr
+
+
+def test_a_lost_newer_job_does_not_hide_a_live_older_one(node, pam):
+    _job(node, "7110", marker="older-live")
+    _job(node, "7111", marker="newer-lost")
+    kernel.umount2(os.path.join(node.job_dir("7111"), ".ns", "mnt"), kernel.MNT_DETACH)
+    r = pam("nobody", "cat", "/tmp/marker", required=True)
+    assert (r.returncode, r.stdout) == (0, "older-live\n"), r.stderr
+    assert "joining job 7110, the newest that can be joined" in r.stderr
 
 
 def test_lost_namespace_denies_only_with_required_join(node, pam, host_file):

@@ -10,7 +10,8 @@
  * Finding the job: every live job has <runtime>/jobs/<J> -> <base>/<J>, and its record
  * <base>/<J>/.ns/job.json (root-only JSON) names the owner ("uid": N).  The job named by
  * SLURM_JOB_ID in the PAM environment is used if it belongs to the user; otherwise the
- * user's only job, or the newest of several ("created_epoch", else the record's mtime).
+ * user's only job, or the newest of several that can be joined ("created_epoch", else
+ * the record's mtime; a job whose namespace is lost only when no other can be joined).
  * A user without a job is left alone: this module joins, it does not decide access.
  *
  * Joining, in the session process (root, single-threaded; the user's shell is forked
@@ -81,6 +82,7 @@ struct options {
 struct choice {
 	char job[NAME_MAX_LEN];
 	double epoch;
+	int live;	/* its mount namespace is pinned: it can be joined */
 	int found;
 };
 
@@ -199,6 +201,19 @@ static int read_record(pam_handle_t *pamh, const char *path, const char *name,
 	return 1;
 }
 
+/* Is the job whose pin is `pin` joinable (a mounted mount-namespace pin)? */
+static int pinned(const char *pin)
+{
+	int fd = open(pin, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	int ok;
+
+	if (fd < 0)
+		return 0;
+	ok = ioctl(fd, NS_GET_NSTYPE) == CLONE_NEWNS;
+	close(fd);
+	return ok;
+}
+
 /* Is `a` (epoch, name) newer than `b`?  Ties go to the name that sorts last. */
 static int newer(double ea, const char *a, double eb, const char *b)
 {
@@ -235,6 +250,7 @@ static int choose_job(pam_handle_t *pamh, const struct options *o, const char *u
 	while ((e = readdir(d))) {
 		uid_t owner;
 		double epoch;
+		int live;
 
 		if (e->d_name[0] == '.' || strlen(e->d_name) >= NAME_MAX_LEN)
 			continue;
@@ -244,14 +260,21 @@ static int choose_job(pam_handle_t *pamh, const struct options *o, const char *u
 		if (read_record(pamh, path, e->d_name, &owner, &epoch) != 1 || owner != uid)
 			continue;
 		count++;
+		if (snprintf(path, sizeof(path), "%s/%s/.ns/mnt", dir, e->d_name) >=
+		    (int) sizeof(path))
+			continue;
+		live = pinned(path);
 		if (want && !strcmp(want, e->d_name)) {
 			strcpy(requested.job, e->d_name);
 			requested.epoch = epoch;
 			requested.found = 1;
 		}
-		if (!newest.found || newer(epoch, e->d_name, newest.epoch, newest.job)) {
+		/* the newest job that can be joined; a lost one only if none can */
+		if (!newest.found || live > newest.live ||
+		    (live == newest.live && newer(epoch, e->d_name, newest.epoch, newest.job))) {
 			strcpy(newest.job, e->d_name);
 			newest.epoch = epoch;
+			newest.live = live;
 			newest.found = 1;
 		}
 	}
@@ -267,7 +290,7 @@ static int choose_job(pam_handle_t *pamh, const struct options *o, const char *u
 	if (!count)
 		return 0;
 	if (count > 1)
-		pam_syslog(pamh, LOG_NOTICE, "jobns: user %s has %d jobs on this node; joining the newest, job %s",
+		pam_syslog(pamh, LOG_NOTICE, "jobns: user %s has %d jobs on this node; joining job %s, the newest that can be joined",
 			   user, count, newest.job);
 	*out = newest;
 	return 1;
