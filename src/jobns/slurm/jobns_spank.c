@@ -530,7 +530,8 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 	return open_job(job);
 }
 
-int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
+/* job_prolog / job_epilog: run `jobns slurm prolog|epilog` for the job (unless prolog=no). */
+static int job_script(spank_t sp, int ac, char **av, const char *what)
 {
 	uint32_t job = 0;
 
@@ -540,20 +541,17 @@ int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
 		return 0;
 	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS)
 		job = 0;
-	return run_jobns("prolog", job, NULL, NULL);
+	return run_jobns(what, job, NULL, NULL);
+}
+
+int slurm_spank_job_prolog(spank_t sp, int ac, char **av)
+{
+	return job_script(sp, ac, av, "prolog");
 }
 
 int slurm_spank_job_epilog(spank_t sp, int ac, char **av)
 {
-	uint32_t job = 0;
-
-	if (parse_args(ac, av) < 0)
-		return -1;
-	if (!opt.prolog)
-		return 0;
-	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS)
-		job = 0;
-	return run_jobns("epilog", job, NULL, NULL);
+	return job_script(sp, ac, av, "epilog");
 }
 
 /*
