@@ -45,6 +45,9 @@ class Frozen:
 
     def __init__(self, *args, **kwargs):
         fields = self._fields
+        if not kwargs and len(args) == len(fields):     # the common case, kept fast
+            self.__dict__.update(zip(fields, args))
+            return
         if len(args) > len(fields):
             raise TypeError(f"{type(self).__name__} takes {len(fields)} arguments")
         values = dict(zip(fields, args))
@@ -54,14 +57,13 @@ class Frozen:
             if key in values:
                 raise TypeError(f"{type(self).__name__}: {key!r} given twice")
             values[key] = value
-        setattr_ = object.__setattr__
+        defaults = self._defaults
         for name in fields:
-            if name in values:
-                setattr_(self, name, values[name])
-            elif name in self._defaults:
-                setattr_(self, name, self._defaults[name])
-            else:
-                raise TypeError(f"{type(self).__name__}: missing field {name!r}")
+            if name not in values:
+                if name not in defaults:
+                    raise TypeError(f"{type(self).__name__}: missing field {name!r}")
+                values[name] = defaults[name]
+        self.__dict__.update(values)
 
     def __setattr__(self, name, value):
         raise AttributeError(f"{type(self).__name__} is immutable")
