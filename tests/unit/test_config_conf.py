@@ -1,29 +1,17 @@
 """job_container.conf reader: syntax, last-line-wins, precedence, keys across versions."""
 
-import textwrap
-
 import pytest
 
-from jobns.config import check, explain, load
+from jobns.config import check, explain
 from jobns.config.conf_reader import logical_lines, split_pairs
 from jobns.errors import ConfigError
 
+import cfghelp
+from cfghelp import findings, ld
+
 
 def write(tmp_path, text, name="job_container.conf"):
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return str(p)
-
-
-def ld(path, node="n1", **kw):
-    kw.setdefault("use_cache", False)
-    kw.setdefault("check_scripts", False)
-    kw.setdefault("hostname", "host1")
-    return load(path, node, **kw)
-
-
-def findings(path, node=None):
-    return [str(e) for e in check(path, node)]
+    return cfghelp.write(tmp_path, text, name)
 
 
 # ------------------------------------------------------------------ syntax

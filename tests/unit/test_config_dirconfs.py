@@ -9,34 +9,13 @@ import textwrap
 
 import pytest
 
-from jobns.config import check, format_show, load
+from jobns.config import format_show, load
 from jobns.config.model import DirConf
 from jobns.errors import ConfigError, OperationError
 from jobns.job import Job
 from jobns.plan import build_plan
 
-
-def write(tmp_path, text, name="namespace.yaml"):
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return str(p)
-
-
-def ld(path, node="n1", **kw):
-    kw.setdefault("use_cache", False)
-    kw.setdefault("check_scripts", False)
-    kw.setdefault("hostname", "host1")
-    return load(path, node, **kw)
-
-
-def findings(path, node=None):
-    return [str(e) for e in check(path, node)]
-
-
-def one_finding(path, *words, node=None):
-    found = [f for f in findings(path, node) if all(w in f for w in words)]
-    assert found, f"no finding with {words}: {findings(path, node)}"
-    return found[0]
+from cfghelp import ld, one_finding, write
 
 
 SLURM_TEST = """\

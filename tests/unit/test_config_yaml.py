@@ -1,13 +1,13 @@
 """namespace.yaml reader: schema, merge rules, defaults, node selection, findings."""
 
-import textwrap
-
 import os
 
 import pytest
 
 from jobns.config import check, load
 from jobns.errors import ConfigError
+
+from cfghelp import findings, ld, one_finding, write
 
 MAN_PAGE_EXAMPLE = """\
 defaults:
@@ -42,29 +42,6 @@ node_confs:
 """
 
 ALL_FLAGS = ("CLONE_NEWPID", "CLONE_NEWUSER", "CLONE_NEWNS")
-
-
-def write(tmp_path, text, name="namespace.yaml"):
-    p = tmp_path / name
-    p.write_text(textwrap.dedent(text))
-    return str(p)
-
-
-def ld(path, node="n1", **kw):
-    kw.setdefault("use_cache", False)
-    kw.setdefault("check_scripts", False)
-    kw.setdefault("hostname", "host1")
-    return load(path, node, **kw)
-
-
-def findings(path, node=None):
-    return [str(e) for e in check(path, node)]
-
-
-def one_finding(path, *words, node=None):
-    found = [f for f in findings(path, node) if all(w in f for w in words)]
-    assert found, f"no finding with {words}: {findings(path, node)}"
-    return found[0]
 
 
 # ------------------------------------------------------------------ man page example
