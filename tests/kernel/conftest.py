@@ -11,7 +11,6 @@ import dataclasses
 import os
 import shutil
 import subprocess
-import sys
 import uuid
 
 import pytest
@@ -19,17 +18,7 @@ import pytest
 from jobns import kernel, lifecycle
 from jobns.config.model import NodeConfig
 
-ROOT = os.geteuid() == 0
-JOBNS = os.path.join(os.path.dirname(sys.executable), "jobns")
-
-
-def _userns_works() -> bool:
-    try:
-        r = subprocess.run(["unshare", "--mount", "--pid", "--user", "--map-root-user", "--fork",
-                            "true"], capture_output=True, timeout=10)
-        return r.returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+from kernelhelp import JOBNS, ROOT, mounts_under
 
 
 def pytest_collection_modifyitems(config, items):
@@ -40,12 +29,6 @@ def pytest_collection_modifyitems(config, items):
             if not ROOT:
                 item.add_marker(pytest.mark.skip(reason="needs root: creates namespaces "
                                                  "and mounts"))
-
-
-def mounts_under(path: str) -> list[str]:
-    prefix = path.rstrip("/") + "/"
-    return [m.mount_point for m in kernel.mountinfo()
-            if m.mount_point == path or m.mount_point.startswith(prefix)]
 
 
 @dataclasses.dataclass
@@ -126,5 +109,3 @@ def node(monkeypatch):
             kernel.umount2(mp, kernel.MNT_DETACH)
     shutil.rmtree(os.path.dirname(base), ignore_errors=True)
 
-
-USERNS = _userns_works() if ROOT else False

@@ -8,7 +8,7 @@ import pwd
 
 import pytest
 
-from conftest import USERNS, mounts_under
+from kernelhelp import USERNS, mounts_under
 from jobns import config, kernel, lifecycle
 from jobns.errors import OperationError
 from jobns.job import Job

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import mounts_under
+from kernelhelp import mounts_under
 from jobns import lifecycle
 from jobns.job import Job
 

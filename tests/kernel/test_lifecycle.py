@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import mounts_under
+from kernelhelp import mounts_under
 from jobns import kernel, lifecycle
 from jobns.errors import OperationError
 from jobns.job import Job

@@ -18,7 +18,7 @@ import uuid
 
 import pytest
 
-from conftest import JOBNS
+from kernelhelp import JOBNS
 from jobns import kernel, lifecycle
 from jobns.job import Job
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from conftest import JOBNS
+from kernelhelp import JOBNS
 from jobns import lifecycle
 
 from nshelp import (JOB_UID, MNT, PID, alive, cmdline, init_pid, job, ns_ino, procs_in_pidns,

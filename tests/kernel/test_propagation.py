@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from conftest import JOBNS
+from kernelhelp import JOBNS
 from jobns import lifecycle
 
 from nshelp import MNT, PID, USER, job, mounts_below
