@@ -107,19 +107,24 @@ def cmd_restore(args, ctx) -> int:
     return 0 if result.ok else 1
 
 
-def _no_space(value: str, what: str) -> str:
+def _no_space(value: str, what: str, where: str = "plugstack.conf") -> str:
     if re.search(r"\s", value):
-        raise UsageError(f"{what} {value!r}: plugstack.conf arguments cannot contain spaces")
+        raise UsageError(f"{what} {value!r}: {where} arguments cannot contain spaces")
     return value
 
 
-def cmd_build_plugin(args, ctx) -> int:
+def _output(args, filename: str) -> str:
+    """Where build-plugin / build-pam install: --output, else <prefix>/lib/jobns/<name>."""
     import sys
-    from jobns.slurm import build
     if args.output and args.prefix:
         raise UsageError("give either --prefix or --output")
-    output = os.path.abspath(args.output or os.path.join(args.prefix or sys.prefix, "lib",
-                                                         "jobns", build.PLUGIN))
+    return os.path.abspath(args.output or os.path.join(args.prefix or sys.prefix, "lib",
+                                                       "jobns", filename))
+
+
+def cmd_build_plugin(args, ctx) -> int:
+    from jobns.slurm import build
+    output = _output(args, build.PLUGIN)
     jobns_exe = os.path.abspath(args.jobns) if args.jobns else build.default_jobns()
     config_path = os.path.abspath(ctx.config_path) if ctx.config_path else None
     for value, what in ((output, "plugin path"), (jobns_exe, "jobns path"),
@@ -137,16 +142,11 @@ def cmd_build_plugin(args, ctx) -> int:
 
 
 def cmd_build_pam(args, ctx) -> int:
-    import sys
     from jobns.slurm import build
-    if args.output and args.prefix:
-        raise UsageError("give either --prefix or --output")
-    output = os.path.abspath(args.output or os.path.join(args.prefix or sys.prefix, "lib",
-                                                         "jobns", build.PAM_MODULE))
+    output = _output(args, build.PAM_MODULE)
     runtime = os.path.abspath(args.runtime or runtime_dir())
     for value, what in ((output, "module path"), (runtime, "runtime dir")):
-        if re.search(r"\s", value):
-            raise UsageError(f"{what} {value!r}: pam.d arguments cannot contain spaces")
+        _no_space(value, what, "pam.d")
     warnings = build.build_pam(output, include_dir=args.include_dir, cc=args.cc)
     if warnings:
         ctx.log("warning", f"compiler output:\n{warnings}")
