@@ -238,7 +238,7 @@ def test_clone_ns_script_past_its_wait_is_killed_with_its_children(node):
     took = time.monotonic() - t0
     assert info.value.step == "clone-ns-script"
     assert "timed out" in str(info.value)
-    assert 1.0 <= took < 5.0, took
+    assert 1.0 <= took < 1.0 + 30.0, took   # the script sleeps 1000 s
     for pid, st in _pids(top):
         assert not alive(pid, st), pid        # the script and the TERM-proof grandchild
     assert_nothing_left(node, "503")
@@ -254,7 +254,7 @@ def test_epilog_past_its_wait_is_killed_and_delete_still_succeeds(node):
     result = lifecycle.delete(cfg, "504", log=lambda lvl, msg: logged.append((lvl, msg)))
     took = time.monotonic() - t0
     assert result.ok, result.summary()
-    assert 1.0 <= took < 5.0, took
+    assert 1.0 <= took < 1.0 + 30.0, took   # the script sleeps 1000 s
     assert any(lvl == "warning" and "clone_ns_epilog" in msg and "timed out" in msg
                for lvl, msg in logged), logged
     for pid, st in _pids(top):

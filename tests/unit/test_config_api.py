@@ -228,22 +228,15 @@ def test_errors_are_not_cached(tmp_path, runtime):
 
 # ------------------------------------------------------------------ speed and imports
 
-def test_thousand_entry_yaml_is_fast_cold_and_warm(tmp_path, runtime):
+def test_thousand_entry_yaml_cold_and_warm_give_the_same_answer(tmp_path, runtime):
+    # how fast this is lives in bench/ (a test machine's load must not fail the suite)
     path = big_yaml(tmp_path / "namespace.yaml")
-    load(path, "r0n1", use_cache=False, check_scripts=False)  # warm up imports
-    cold = min(_timed(lambda: load(path, "gpu999-016", use_cache=False)) for _ in range(5))
-    cfg = load(path, "gpu999-016")
-    assert cfg.base_path == "/var/nvme/e999" and cfg.origin == "node_confs[999] (line 5999)"
-    warm = min(_timed(lambda: load(path, "gpu999-016")) for _ in range(20))
-    # the target is 50 ms cold; the bound leaves room for a busy test machine
-    assert cold < 0.15, cold
-    assert warm < 0.005, warm
-
-
-def _timed(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
+    cold = load(path, "gpu999-016", use_cache=False)
+    assert cold.base_path == "/var/nvme/e999" and cold.origin == "node_confs[999] (line 5999)"
+    load(path, "gpu999-016")
+    warm = load(path, "gpu999-016")
+    assert warm == cold
+    assert list((runtime / "config-cache").iterdir())
 
 
 def test_conf_path_imports_neither_yaml_nor_python_hostlist(tmp_path):

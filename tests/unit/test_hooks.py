@@ -18,6 +18,9 @@ from jobns.hooks import (HOOK_CLONE_NS, HOOK_EPILOG, HOOK_INIT, HOOK_USER_NS, Ho
 from jobns.job import Job
 
 JOB_DIR = "/var/lib/jobns/4242"
+# Upper bounds on a hook's run time only show that a timeout fired at all (the scripts sleep
+# 1000 s): a busy machine must never fail them, so they leave this much room.
+SLACK = 30.0
 SLURM_CONF = "/etc/slurm/slurm.conf"
 FULL_JOB_ENV = {
     "SLURM_HET_JOB_ID": "4240",
@@ -175,7 +178,7 @@ def test_timeout_kills_script_and_its_children(tmp_path):
     elapsed = time.monotonic() - t0
     recorded = [int(x) for x in pids.read_text().split()]
     try:
-        assert elapsed < 0.5 + 1.0
+        assert elapsed < 0.5 + SLACK
         assert res.timed_out and not res.ok
         assert res.signal == signal.SIGTERM
         assert len(recorded) == 5
@@ -196,7 +199,7 @@ while :; do /bin/sleep 0.05; done
     elapsed = time.monotonic() - t0
     recorded = [int(x) for x in pids.read_text().split()]
     try:
-        assert elapsed < 0.5 + 1.0
+        assert elapsed < 0.5 + SLACK
         assert res.timed_out and not res.ok
         assert res.status is None and res.signal == signal.SIGKILL
         assert wait_dead(recorded) == []
@@ -215,8 +218,8 @@ def test_script_exiting_zero_after_sigterm_still_failed(tmp_path):
 def test_zero_or_missing_timeout_means_default_not_forever(tmp_path, monkeypatch, timeout):
     monkeypatch.setattr(hooks, "_DEFAULT_TIMEOUT", 0.4)
     t0 = time.monotonic()
-    res = run_hook(HOOK_EPILOG, script(tmp_path, "exec /bin/sleep 30\n"), {}, timeout)
-    assert res.timed_out and time.monotonic() - t0 < 1.5
+    res = run_hook(HOOK_EPILOG, script(tmp_path, "exec /bin/sleep 1000\n"), {}, timeout)
+    assert res.timed_out and time.monotonic() - t0 < 0.4 + SLACK
     assert res.wait == 0.4
 
 
@@ -267,9 +270,7 @@ def stdin_with_data():
 def test_stdin_is_dev_null(tmp_path, stdin_with_data):
     path = script(tmp_path, "if read line; then echo got:$line; else echo eof; fi\n"
                   "/bin/readlink /proc/$$/fd/0\n")
-    t0 = time.monotonic()
     res = run_hook(HOOK_INIT, path, {}, 5)
-    assert time.monotonic() - t0 < 2
     assert res.ok and res.output == "eof\n/dev/null\n"
 
 
@@ -309,11 +310,12 @@ def test_background_child_holding_output_does_not_hang(tmp_path):
     path = script(tmp_path, f"/bin/sleep 1000 & echo $! > {pidfile}\necho done\nexit 0\n")
     logs = []
     t0 = time.monotonic()
-    res = run_hook(HOOK_CLONE_NS, path, {}, 10, log=lambda lvl, msg: logs.append((lvl, msg)))
+    res = run_hook(HOOK_CLONE_NS, path, {}, 2 * SLACK,
+                   log=lambda lvl, msg: logs.append((lvl, msg)))
     elapsed = time.monotonic() - t0
     child = int(pidfile.read_text())
     try:
-        assert elapsed < hooks.OUTPUT_GRACE + 0.8
+        assert elapsed < hooks.OUTPUT_GRACE + SLACK
         assert res.ok and res.output == "done\n"
         # Left running, as documented, and reported.
         assert not pid_dead(child)
@@ -423,11 +425,11 @@ def test_run_configured_waits(monkeypatch):
 
 
 def test_run_configured_applies_clone_ns_wait_for_real(tmp_path):
-    cfg = NodeConfig(node_name="n1", clone_ns_script=script(tmp_path, "exec /bin/sleep 30\n"),
+    cfg = NodeConfig(node_name="n1", clone_ns_script=script(tmp_path, "exec /bin/sleep 1000\n"),
                      clone_ns_script_wait=1)
     t0 = time.monotonic()
     res = run_configured(HOOK_CLONE_NS, cfg, make_job(), job_dir=JOB_DIR, slurm_conf=None)
-    assert res.timed_out and 1.0 <= time.monotonic() - t0 < 2.0
+    assert res.timed_out and 1.0 <= time.monotonic() - t0 < 1.0 + SLACK
 
 
 def test_logging_one_info_line_and_output_at_debug(tmp_path):
@@ -464,13 +466,13 @@ def test_without_pidfd_the_polling_fallback_behaves_the_same(tmp_path, monkeypat
     child = int(pidfile.read_text())
     try:
         assert res.timed_out and res.signal == signal.SIGTERM
-        assert time.monotonic() - t0 < 1.3
+        assert time.monotonic() - t0 < 0.3 + SLACK
         assert wait_dead([child]) == []
     finally:
         kill_quietly([child])
     path = script(tmp_path, f"/bin/sleep 1000 & echo $! > {pidfile}\nexit 0\n", name="bg.sh")
     t0 = time.monotonic()
-    res = run_hook(HOOK_INIT, path, {}, 10)
+    res = run_hook(HOOK_INIT, path, {}, 2 * SLACK)
     child = int(pidfile.read_text())
     kill_quietly([child])
-    assert res.ok and time.monotonic() - t0 < 1.0
+    assert res.ok and time.monotonic() - t0 < hooks.OUTPUT_GRACE + SLACK
