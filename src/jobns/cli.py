@@ -66,8 +66,8 @@ def _add_create(sub) -> None:
     s.add_argument("job", metavar="JOB")
     who = s.add_mutually_exclusive_group(required=True)
     who.add_argument("--user", help="job user name")
-    who.add_argument("--uid", type=int, help="job user id")
-    s.add_argument("--gid", type=int, help="job group id (default: the user's)")
+    who.add_argument("--uid", help="job user id")
+    s.add_argument("--gid", help="job group id (default: the user's)")
     s.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
                    help="job variable passed to hook scripts (repeatable)")
     s.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
@@ -184,6 +184,14 @@ def _require_root(what: str) -> None:
         raise UsageError(f"{what} needs root (namespaces and mounts are privileged)")
 
 
+def _user(text: str | None, option: str = "--user") -> str | None:
+    """A user name, or a uid written as a number (checked to be a valid id)."""
+    if text is not None and text.isdigit():
+        from jobns.job import parse_id
+        parse_id(text, option)
+    return text
+
+
 def _job_env(pairs: list[str]) -> dict[str, str]:
     env = {}
     for pair in pairs:
@@ -198,6 +206,7 @@ def cmd_run(ctx: Context, args) -> int:
     from jobns import lifecycle
     from jobns.job import Job, validate_job_id
     argv = _command(args.cmd)
+    _user(args.user)
     _require_root("run")
     ident = lifecycle.resolve_identity(user=args.user) if args.user else \
         lifecycle.resolve_identity(uid=os.getuid(), gid=os.getgid())
@@ -208,12 +217,15 @@ def cmd_run(ctx: Context, args) -> int:
 
 def cmd_create(ctx: Context, args) -> int:
     from jobns import lifecycle
-    from jobns.job import Job, validate_job_id
+    from jobns.job import Job, parse_id, validate_job_id
     job_id = validate_job_id(args.job)
+    # ids are checked before anything is looked up or created: (uid_t)-1, negatives and
+    # numbers past 32 bits are usage errors naming the value
+    gid = parse_id(args.gid, "--gid") if args.gid is not None else None
     if args.user is not None:
-        ident = lifecycle.resolve_identity(user=args.user, gid=args.gid)
+        ident = lifecycle.resolve_identity(user=_user(args.user), gid=gid)
     else:
-        ident = lifecycle.resolve_identity(uid=args.uid, gid=args.gid)
+        ident = lifecycle.resolve_identity(uid=parse_id(args.uid, "--uid"), gid=gid)
     job = Job(job_id=job_id, uid=ident.uid, gid=ident.gid, user=ident.name,
               env=_job_env(args.env))
     cfg = ctx.config()
@@ -231,6 +243,7 @@ def cmd_create(ctx: Context, args) -> int:
 def cmd_exec(ctx: Context, args) -> int:
     from jobns import lifecycle
     argv = _command(args.cmd)
+    _user(args.user)
     _require_root("exec")
     return lifecycle.exec_in(ctx.config(), args.job, argv, user=args.user, log=ctx.log)
 
@@ -243,10 +256,11 @@ def cmd_delete(ctx: Context, args) -> int:
         ctx.log("info", f"job {args.job}: no such job on this node; nothing to delete")
         return EXIT_OK
     if not result.ok:
+        from jobns.log import escape
         for path, op, err, msg in result.failures:
-            print(f"jobns: not removed: {path}: {op}: {msg} [{err}]", file=sys.stderr)
+            print(escape(f"jobns: not removed: {path}: {op}: {msg} [{err}]"), file=sys.stderr)
         for mp in result.skipped_mounts:
-            print(f"jobns: not removed (a mount point): {mp}", file=sys.stderr)
+            print(escape(f"jobns: not removed (a mount point): {mp}"), file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
 
@@ -320,20 +334,22 @@ def cmd_config(ctx: Context, args) -> int:
             import json
             print(json.dumps(cfg.as_dict(), indent=1))
         else:
-            sys.stdout.write(config.format_show(cfg))
+            from jobns.log import escape
+            sys.stdout.write(escape(config.format_show(cfg)))
         return EXIT_OK
     path = args.file or config.discover(ctx.config_path)
     if path is None:
         print("no config file found; the built-in default is in use "
               "(base_path /var/lib/jobns, dirs /tmp,/dev/shm)")
         return EXIT_OK
+    from jobns.log import escape
     findings = config.check(path, args.check_node or ctx.node)
     for f in findings:
-        print(str(f))
+        print(escape(str(f)))
     if findings:
-        print(f"{path}: {len(findings)} finding(s)", file=sys.stderr)
+        print(escape(f"{path}: {len(findings)} finding(s)"), file=sys.stderr)
         return EXIT_FAILED
-    print(f"{path}: ok")
+    print(escape(f"{path}: ok"))
     return EXIT_OK
 
 
@@ -404,9 +420,8 @@ def _fast_args(argv: list[str], command: list[str] | None) -> _Args | None:
     for name in ("--uid", "--gid"):
         if name in single and not (single[name].isascii() and single[name].isdigit()):
             return None
-    uid = int(single["--uid"]) if "--uid" in single else None
-    gid = int(single["--gid"]) if "--gid" in single else None
-    return _Args(command="create", job=job, user=single.get("--user"), uid=uid, gid=gid,
+    return _Args(command="create", job=job, user=single.get("--user"), uid=single.get("--uid"),
+                 gid=single.get("--gid"),
                  env=env, dry_run=False, **glob)
 
 

@@ -30,6 +30,25 @@ def validate_job_id(text: str) -> str:
         "'_', '.', '-' starting with a letter (at most 64 characters)")
 
 
+# A uid or gid is 0..0xFFFFFFFE: (uid_t)-1 means "no change" to setuid/chown, never an id.
+MAX_ID = 0xFFFFFFFE
+
+
+def is_numeric_id(text: str) -> bool:
+    """Whether `text` is a uid/gid written as a decimal number in range."""
+    return isinstance(text, str) and 0 < len(text) <= 10 and text.isascii() and \
+        text.isdigit() and int(text) <= MAX_ID
+
+
+def parse_id(text: str, what: str) -> int:
+    """A uid or gid given as text (an option's value, a variable): the number, or a
+    UsageError naming `what` and the value."""
+    if not is_numeric_id(text):
+        raise UsageError(f"{what} {text!r}: not a valid id (a decimal number from 0 to "
+                         f"{MAX_ID})")
+    return int(text)
+
+
 def is_slurm_job_id(name: str) -> bool:
     return name.isascii() and name.isdigit() and name == str(int(name)) and \
         1 <= int(name) <= _MAX_NUMERIC

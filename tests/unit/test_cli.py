@@ -95,7 +95,7 @@ def test_parser_built_for_one_command_parses_like_the_full_one():
     assert cli._command_word(argv) == "create"
     one = vars(cli.build_parser("create").parse_args(argv))
     full = vars(cli.build_parser().parse_args(argv))
-    assert one == full and one["uid"] == 7 and one["env"] == ["A=b"]
+    assert one == full and one["uid"] == "7" and one["env"] == ["A=b"]
     assert cli._command_word(["-v", "--node", "list", "exec"]) == "exec"
     assert cli._command_word(["--help"]) is None
 

@@ -24,6 +24,7 @@ accepted too.
 from __future__ import annotations
 
 import os
+import stat
 
 from jobns.config.model import NodeConfig, builtin_default
 from jobns.errors import ConfigError
@@ -74,13 +75,40 @@ def detect(path: str, text: str | None = None) -> tuple[str, str]:
     return ("plugstack" if is_plugstack_text(text) else "conf"), path
 
 
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR,
+          "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a directory"))
+
+
+def _not_regular(mode: int) -> str | None:
+    """What a non-regular file is ("a FIFO", ...), or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((what for test, what in _KINDS if test(mode)), "not a regular file")
+
+
 def _read_text(path: str) -> str:
+    """The file's text. Only a regular file is read: it is opened without blocking (a FIFO
+    would otherwise wait for a writer for ever, hanging a prolog) and checked by fstat."""
     try:
-        with open(path, "rb") as f:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file: {exc.strerror or exc}", file=path,
+                          hint="give an existing file with --config or $JOBNS_CONFIG") from None
+    try:
+        what = _not_regular(os.fstat(fd).st_mode)
+        if what is not None:
+            raise ConfigError(f"cannot read the config file: it is {what}, not a regular file",
+                              file=path, hint="give a regular file with --config or "
+                              "$JOBNS_CONFIG")
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
             data = f.read(MAX_FILE + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read the config file: {exc.strerror or exc}", file=path,
                           hint="give an existing file with --config or $JOBNS_CONFIG") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     if len(data) > MAX_FILE:
         raise ConfigError(f"the file is larger than {MAX_FILE >> 20} MiB", file=path)
     return _decode(data, path)
@@ -277,6 +305,8 @@ def _cache_key(path: str, node: str, hostname: str) -> dict | None:
     try:
         st = os.stat(target)
     except OSError:
+        return None
+    if _not_regular(st.st_mode) is not None:
         return None
     return cache.make_key(target, st, fmt or "auto", node, hostname)
 

@@ -13,13 +13,12 @@ import socket
 from collections.abc import Mapping
 
 from jobns.errors import UsageError
-from jobns.job import Job, is_slurm_job_id
+from jobns.job import Job, is_numeric_id, is_slurm_job_id
 
 # Variables passed on to hook scripts (the rest of the prolog environment is not).
 HOOK_VARS = ("SLURM_JOB_WORK_DIR", "SLURM_JOB_MEM", "SLURM_NODE_ALIASES", "SLURM_HET_JOB_ID",
              "SLURM_CONF", "SLURM_JOB_PARTITION", "SLURM_JOB_NODELIST", "SLURM_NODELIST",
              "SLURM_CLUSTER_NAME", "SLURMD_NODENAME")
-_MAX_ID = 0xFFFFFFFE  # (uid_t)-1 is not an id
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -39,7 +38,7 @@ def job_id_from_env(env: Mapping[str, str]) -> str:
 
 def _numeric_id(env: Mapping[str, str], name: str) -> int:
     value = _required(env, name)
-    if not (value.isascii() and value.isdigit()) or int(value) > _MAX_ID:
+    if not is_numeric_id(value):
         raise UsageError(f"{name}={value!r}: not a numeric id")
     return int(value)
 
