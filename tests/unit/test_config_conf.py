@@ -180,9 +180,11 @@ BAD = [
     ("BasePath=/a Dirs+=/tmp\n", 1, "Dirs", "operator", True),
     ("BasePath=/a junk\n", 1, None, "expected Key=Value", True),
     ("Include /etc/slurm/other.conf\n", 1, "Include", "not supported", True),
+    # an unknown key is an error: a misspelt BasePath must not leave a node unisolated
+    ("BasePath=/a\nFoo=bar\n", 2, "Foo", "unknown key", True),
+    ("BasePath=/a\nbasepth=/b\n", 2, "basepth", "did you mean BasePath", True),
+    ("NodeName=n1 BasPath=/a\n", 1, "BasPath", "did you mean BasePath", True),
     # warnings
-    ("BasePath=/a\nFoo=bar\n", 2, "Foo", "unknown key", False),
-    ("BasePath=/a\nbasepth=/b\n", 2, "basepth", "did you mean BasePath", False),
     ("BasePath=/a Shared=yes Shared=no\n", 1, "Shared", "twice", False),
     ("Shared=yes\nShared=no\nBasePath=/a\n", 2, "Shared", "set again", False),
     ("InitScript=/i\nBasePath=/a\n", 1, "InitScript", "refuses to start", False),

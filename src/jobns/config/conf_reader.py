@@ -224,8 +224,8 @@ def _unknown(fnd: Findings, key: str, lineno: int) -> None:
     close = difflib.get_close_matches(key.lower(), list(KEYS), n=1)
     hint = (f"did you mean {KEYS[close[0]][1]}?" if close
             else "known keys: " + ", ".join(names))
-    fnd.warn("unknown key is ignored (Slurm refuses to start with it)", line=lineno, key=key,
-             hint=hint)
+    fnd.error("unknown key (Slurm refuses to start with it too)", line=lineno, key=key,
+              hint=hint)
 
 
 def _value(kind: str, key: str, value: str, lineno: int, fnd: Findings):

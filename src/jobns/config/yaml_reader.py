@@ -201,7 +201,9 @@ def _unknown(fnd: Findings, key: str, line: int, known, where: str) -> None:
 
     close = difflib.get_close_matches(key, known, n=1)
     hint = f"did you mean {close[0]}?" if close else "known keys: " + ", ".join(known)
-    fnd.warn(f"unknown key in {where} is ignored", line=line, key=key, hint=hint)
+    # An error, not a warning: a misspelt base_path (or defaults) would otherwise leave
+    # the node without a base_path, and its jobs would run without their namespace.
+    fnd.error(f"unknown key in {where}", line=line, key=key, hint=hint)
 
 
 def _node_confs(vnode, fnd: Findings) -> list:
