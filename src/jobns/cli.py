@@ -203,29 +203,29 @@ def _job_env(pairs: list[str]) -> dict[str, str]:
 
 
 def cmd_run(ctx: Context, args) -> int:
-    from jobns import lifecycle
+    from jobns.join import resolve_identity, run
     from jobns.job import Job, validate_job_id
     argv = _command(args.cmd)
     _user(args.user)
     _require_root("run")
-    ident = lifecycle.resolve_identity(user=args.user) if args.user else \
-        lifecycle.resolve_identity(uid=os.getuid(), gid=os.getgid())
+    ident = resolve_identity(user=args.user) if args.user else \
+        resolve_identity(uid=os.getuid(), gid=os.getgid())
     job_id = validate_job_id(args.job) if args.job else "run-" + os.urandom(4).hex()
     job = Job(job_id=job_id, uid=ident.uid, gid=ident.gid, user=ident.name)
-    return lifecycle.run(ctx.config(), job, argv, log=ctx.log)
+    return run(ctx.config(), job, argv, log=ctx.log)
 
 
 def cmd_create(ctx: Context, args) -> int:
-    from jobns import lifecycle
+    from jobns.join import resolve_identity
     from jobns.job import Job, parse_id, validate_job_id
     job_id = validate_job_id(args.job)
     # ids are checked before anything is looked up or created: (uid_t)-1, negatives and
     # numbers past 32 bits are usage errors naming the value
     gid = parse_id(args.gid, "--gid") if args.gid is not None else None
     if args.user is not None:
-        ident = lifecycle.resolve_identity(user=_user(args.user), gid=gid)
+        ident = resolve_identity(user=_user(args.user), gid=gid)
     else:
-        ident = lifecycle.resolve_identity(uid=parse_id(args.uid, "--uid"), gid=gid)
+        ident = resolve_identity(uid=parse_id(args.uid, "--uid"), gid=gid)
     job = Job(job_id=job_id, uid=ident.uid, gid=ident.gid, user=ident.name,
               env=_job_env(args.env))
     cfg = ctx.config()
@@ -236,22 +236,23 @@ def cmd_create(ctx: Context, args) -> int:
         print(build_plan(cfg, job).describe())
         return EXIT_OK
     _require_root("create")
-    lifecycle.create(cfg, job, log=ctx.log)
+    from jobns.create import create
+    create(cfg, job, log=ctx.log)
     return EXIT_OK
 
 
 def cmd_exec(ctx: Context, args) -> int:
-    from jobns import lifecycle
+    from jobns.join import exec_in
     argv = _command(args.cmd)
     _user(args.user)
     _require_root("exec")
-    return lifecycle.exec_in(ctx.config(), args.job, argv, user=args.user, log=ctx.log)
+    return exec_in(ctx.config(), args.job, argv, user=args.user, log=ctx.log)
 
 
 def cmd_delete(ctx: Context, args) -> int:
-    from jobns import lifecycle
+    from jobns.delete import delete
     _require_root("delete")
-    result = lifecycle.delete(ctx.config(), args.job, log=ctx.log)
+    result = delete(ctx.config(), args.job, log=ctx.log)
     if not result.existed:
         ctx.log("info", f"job {args.job}: no such job on this node; nothing to delete")
         return EXIT_OK
@@ -266,7 +267,7 @@ def cmd_delete(ctx: Context, args) -> int:
 
 
 def cmd_restore(ctx: Context, args) -> int:
-    from jobns import lifecycle
+    from jobns.restore import restore
     from jobns.job import validate_job_id
     _require_root("restore")
     live = {validate_job_id(x.strip()) for x in args.live.split(",") if x.strip()}
@@ -275,22 +276,22 @@ def cmd_restore(ctx: Context, args) -> int:
         ctx.log("info", f"jobns is disabled on node {cfg.node_name} ({cfg.origin}); "
                 "nothing to restore")
         return EXIT_OK
-    result = lifecycle.restore(cfg, live, log=ctx.log)
+    result = restore(cfg, live, log=ctx.log)
     return EXIT_OK if result.ok else EXIT_FAILED
 
 
 def cmd_fini(ctx: Context, args) -> int:
-    from jobns import lifecycle
+    from jobns.restore import list_jobs
     cfg = ctx.config()
-    jobs = lifecycle.list_jobs(cfg) if cfg.enabled else []
+    jobs = list_jobs(cfg) if cfg.enabled else []
     ctx.log("info", f"fini: {len(jobs)} job namespaces stay in place for their jobs")
     return EXIT_OK
 
 
 def cmd_list(ctx: Context, args) -> int:
-    from jobns import lifecycle
+    from jobns.restore import list_jobs
     cfg = ctx.config()
-    jobs = lifecycle.list_jobs(cfg) if cfg.enabled else []
+    jobs = list_jobs(cfg) if cfg.enabled else []
     if args.usage:
         _require_root("list --usage")
         from jobns.usage import job_usage
@@ -460,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = COMMANDS[args.command](ctx, args)
         if args.command in ("run", "exec") and code < 0:
-            from jobns.lifecycle import exit_like
+            from jobns.join import exit_like
             return exit_like(code)
         return code
     except JobnsError as e:

@@ -64,6 +64,9 @@ NS_GET_USERNS = 0xB701
 NS_GET_NSTYPE = 0xB703
 NS_GET_MNTNS_ID = 0x8008B705
 
+# signal(7) numbers sent without importing `signal` (which loads enum)
+SIGKILL = 9
+
 # syscall numbers (x86_64 and aarch64 share these)
 _SYS_PIDFD_SEND_SIGNAL = 424
 _SYS_PIDFD_OPEN = 434

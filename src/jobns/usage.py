@@ -99,7 +99,7 @@ def job_usage(base: str, job_id: str, dirs: list[str],
     """Usage per private dir of one job: {dir: {kind, bytes, inodes, ...}}. `backing`
     maps a dir to its backing directory (from the job record); by default Slurm's
     `<base>/<J>/.<J>/<mangled>`."""
-    from jobns.lifecycle import pin_inode
+    from jobns.store import pin_inode
     paths = JobPaths.of(base, job_id)
     usage: dict[str, dict] = {}
     in_ns = {}

@@ -3,7 +3,7 @@
 The VM's `/` is private (no systemd), so the shared scenario runs in a nested mount
 namespace whose `/` is made rshared (nested_propagation.py); that also exercises pinning
 from a nested namespace, where kernel 6.18's per-CPU namespace ids need the ordering
-workaround in lifecycle._order_after.
+workaround in nschild._order_after.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ import json
 
 from hypothesis import given, settings, strategies as st
 
-from jobns.lifecycle import _to_json
+from jobns.store import to_json as _to_json
 
 scalars = st.none() | st.booleans() | st.integers() | st.text() | \
     st.floats(allow_nan=False, allow_infinity=False)

@@ -24,7 +24,7 @@ DISABLED_MARKER = "slurm-disabled"   # read by the SPANK plugin (jobns_spank.c)
 
 
 def runtime_dir() -> str:
-    from jobns.lifecycle import runtime_dir as core_runtime_dir
+    from jobns.store import runtime_dir as core_runtime_dir
     return core_runtime_dir()
 
 
@@ -48,7 +48,7 @@ def _mark_disabled(disabled: bool) -> None:
 
 
 def cmd_prolog(args, ctx) -> int:
-    from jobns import lifecycle
+    from jobns.create import create
     from jobns.slurm.env import job_from_env, node_name
     job = job_from_env(os.environ)
     node = node_name(ctx.node)
@@ -59,19 +59,19 @@ def cmd_prolog(args, ctx) -> int:
                         f"({cfg.source}); no namespace created")
         return 0
     _mark_disabled(False)
-    lifecycle.create(cfg, job, log=ctx.log)
+    create(cfg, job, log=ctx.log)
     return 0
 
 
 def cmd_epilog(args, ctx) -> int:
-    from jobns import lifecycle
+    from jobns.delete import delete
     from jobns.slurm.env import job_id_from_env, node_name
     job_id = job_id_from_env(os.environ)
     node = node_name(ctx.node)
     cfg = _load_config(ctx, node)
     if not cfg.enabled:
         return 0
-    result = lifecycle.delete(cfg, job_id, log=ctx.log)
+    result = delete(cfg, job_id, log=ctx.log)
     return 0 if result.ok else 1
 
 
@@ -94,7 +94,7 @@ def cmd_live_jobs(args, ctx) -> int:
 
 
 def cmd_restore(args, ctx) -> int:
-    from jobns import lifecycle
+    from jobns.restore import restore
     node, spool, live = _live(args, ctx)
     cfg = _load_config(ctx, node)
     _mark_disabled(not cfg.enabled)
@@ -103,7 +103,7 @@ def cmd_restore(args, ctx) -> int:
         return 0
     ctx.log("info", f"restore on node {node}: live jobs from {spool}: "
                     f"{','.join(sorted(live, key=int)) or 'none'}")
-    result = lifecycle.restore(cfg, live, log=ctx.log)
+    result = restore(cfg, live, log=ctx.log)
     return 0 if result.ok else 1
 
 

@@ -1,0 +1,301 @@
+"""The namespace child and PID 1: the forked process that unshares, builds the mounts
+inside the new namespace and (with CLONE_NEWPID) starts the job's PID 1 (jobns._reaper).
+
+The creator (jobns.create) talks to the child over two pipes with length-prefixed
+marshal messages: "unshared" -> (host steps: maps, pin) -> b"G" -> "ready" or "error".
+
+Kernel facts relied on (measured; see docs/architecture.md):
+- The mount-namespace pin must be made from a namespace with a lower namespace id than
+  the new one (kernel 6.18 refuses otherwise): the child re-unshares until that holds.
+- unshare of mount and user namespaces is done only in single-threaded processes.
+"""
+
+from __future__ import annotations
+
+import errno
+import marshal
+import os
+import select
+import sys
+import time
+from jobns import kernel
+from jobns.config.model import SHM_DIR
+from jobns.errors import OperationError
+from jobns.plan import Plan, Step
+from jobns.store import fail_point
+from jobns.values import suppress
+
+
+class NamespaceChild:
+    """The forked namespace child and the two pipes to talk to it."""
+
+    def __init__(self, pid: int, to_child: int, from_child: int):
+        self.pid = pid
+        self.to_child = to_child
+        self.from_child = from_child
+        self.buf = b""
+
+    def send(self, data: bytes) -> None:
+        os.write(self.to_child, data)
+
+    def recv(self, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while len(self.buf) < 4 or len(self.buf) < 4 + int.from_bytes(self.buf[:4], "little"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise OperationError("namespace", "the namespace process did not answer")
+            ready, _, _ = select.select([self.from_child], [], [], left)
+            if not ready:
+                continue
+            chunk = os.read(self.from_child, 65536)
+            if not chunk:
+                raise OperationError("namespace", "the namespace process exited unexpectedly")
+            self.buf += chunk
+        size = 4 + int.from_bytes(self.buf[:4], "little")
+        msg, self.buf = self.buf[4:size], self.buf[size:]
+        return marshal.loads(msg)
+
+    def close(self) -> None:
+        for fd in (self.to_child, self.from_child):
+            with suppress(OSError):
+                os.close(fd)
+
+
+def child_error(msg: dict) -> OperationError:
+    return OperationError(msg.get("step", "namespace"), msg.get("message", "failed"),
+                          path=msg.get("path"), errno=msg.get("errno"))
+
+
+def reap(pid: int) -> int | None:
+    try:
+        _, status = os.waitpid(pid, 0)
+        return status
+    except ChildProcessError:
+        return None
+
+
+def spawn_namespace_child(plan: Plan) -> NamespaceChild:
+    kernel.require_single_threaded("creating a namespace")
+    to_child_r, to_child_w = os.pipe()
+    from_child_r, from_child_w = os.pipe()
+    with open("/proc/self/ns/mnt", "rb") as f:
+        parent_ns_id = kernel.mntns_id(f.fileno())
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(to_child_w)
+            os.close(from_child_r)
+            code = _namespace_child(plan, to_child_r, from_child_w, parent_ns_id)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(to_child_r)
+    os.close(from_child_w)
+    return NamespaceChild(pid=pid, to_child=to_child_w, from_child=from_child_r)
+
+
+def _say(fd: int, **msg) -> None:
+    data = marshal.dumps(msg)
+    os.write(fd, len(data).to_bytes(4, "little") + data)
+
+
+def _namespace_child(plan: Plan, rfd: int, wfd: int, parent_ns_id: int | None) -> int:
+    """Runs in the forked child: unshare, wait for the pin, build the mounts, report."""
+    step_name = "unshare"
+    path = None
+    try:
+        flags = 0
+        for name in plan.clone_flags:
+            flags |= kernel.FLAG_BY_NAME[name]
+        if plan.cfg.new_pid:
+            _load_reaper()
+        fail_point("unshare")
+        kernel.unshare(flags)
+        _order_after(parent_ns_id)
+        _say(wfd, event="unshared")
+        if os.read(rfd, 1) != b"G":
+            return 1
+        init_pid = None
+        for step in plan.in_namespace():
+            step_name, path = step.name, step.path
+            fail_point(step.name)
+            init_pid = _ns_step(step, plan) or init_pid
+        _say(wfd, event="ready", init_pid=init_pid)
+        return 0
+    except OperationError as e:
+        _say(wfd, event="error", step=e.step, path=e.path, errno=e.errno, message=e.message)
+    except OSError as e:
+        _say(wfd, event="error", step=step_name, path=e.filename or path, errno=e.errno,
+             message=e.strerror or str(e))
+    except Exception as e:
+        _say(wfd, event="error", step=step_name, path=path, errno=None,
+             message=f"{type(e).__name__}: {e}")
+    return 1
+
+
+def _order_after(parent_ns_id: int | None) -> None:
+    """Kernel >= 6.18 refuses to pin a mount namespace whose id is below the pinning
+    namespace's id; ids come from per-CPU batches. Re-unshare on another CPU until ours
+    is above the parent's (only needed when jobns itself runs in a nested namespace)."""
+    if parent_ns_id is None:
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    original = set(cpus)
+    try:
+        for attempt in range(64):
+            with open("/proc/self/ns/mnt", "rb") as f:
+                mine = kernel.mntns_id(f.fileno())
+            if mine is None or mine > parent_ns_id:
+                return
+            os.sched_setaffinity(0, {cpus[attempt % len(cpus)]})
+            kernel.unshare(kernel.CLONE_NEWNS)
+        raise OperationError("unshare", "could not obtain a mount namespace id above the "
+                             "caller's; run jobns in the initial mount namespace")
+    finally:
+        os.sched_setaffinity(0, original)
+
+
+def _peel_mounts(path: str) -> None:
+    """Peel off every mount at `path` this namespace inherited (the host may stack
+    several); propagation is already private or slave, so nothing leaves the job.
+    Locked mounts (user namespace) refuse with EINVAL: the new tmpfs then stacks."""
+    for _ in range(16):
+        try:
+            kernel.umount2(path, kernel.MNT_DETACH)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EPERM):
+                raise
+            break
+
+
+def _ns_step(step: Step, plan: Plan) -> int | None:
+    cfg = plan.cfg
+    if step.kind == "propagation":
+        if cfg.shared:
+            kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SHARED)
+            kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SLAVE)
+        else:
+            kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
+    elif step.kind == "bind":
+        src = step.args["source"]
+        fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            kernel.mount(f"/proc/self/fd/{fd}", step.path, None, kernel.MS_BIND)
+        finally:
+            os.close(fd)
+        names = step.args.get("flags")
+        if names:
+            # MS_BIND ignores flags: apply them with a bind remount, keeping the source
+            # mount's ro/nosuid/nodev/noexec (clearing a locked one fails with EPERM).
+            flags = kernel.MS_REMOUNT | kernel.MS_BIND | \
+                (os.statvfs(step.path).f_flag & kernel.ST_LOCKABLE)
+            for name in names:
+                flags |= kernel.MOUNT_FLAG_BY_NAME[name]
+            try:
+                kernel.mount(None, step.path, None, flags)
+            except PermissionError:
+                atime = [n for n in names if n in ("noatime", "nodiratime", "relatime")]
+                if not (atime and cfg.new_user):
+                    raise
+                raise OperationError(step.name, f"{','.join(atime)} cannot be applied: in a "
+                                     "user namespace the kernel locks a bind mount's atime "
+                                     "flags to those of its source", path=step.path,
+                                     errno=errno.EPERM) from None
+    elif step.kind == "shm":
+        _peel_mounts(SHM_DIR)
+        kernel.mount("tmpfs", SHM_DIR, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=1777")
+    elif step.kind == "tmpfs":
+        if step.args.get("peel"):
+            _peel_mounts(step.path)
+        flags = 0
+        for name in step.args["flags"]:
+            flags |= kernel.MOUNT_FLAG_BY_NAME[name]
+        kernel.mount("tmpfs", step.path, "tmpfs", flags, step.args["data"])
+    elif step.kind == "hide":
+        try:
+            kernel.mount("jobns-hidden", step.path, "tmpfs",
+                         kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC,
+                         "mode=0755,size=4k,nr_inodes=1")
+        except FileNotFoundError:
+            pass   # base_path is not reachable inside the namespace: hidden already
+    elif step.kind == "init":
+        return _start_init(plan)
+    else:
+        raise OperationError(step.name, f"unknown step kind {step.kind}")
+    return None
+
+
+def warn_init_oom(pid: int, job_id: str, log) -> None:
+    """The reaper asks for oom_score_adj -1000; going below the inherited value needs
+    CAP_SYS_RESOURCE, which some nodes withhold from root. Say so instead of failing."""
+    try:
+        with open(f"/proc/{pid}/oom_score_adj") as f:
+            adj = int(f.read())
+    except (OSError, ValueError):
+        return
+    if adj != -1000:
+        log("info", f"job {job_id}: PID 1 keeps oom_score_adj {adj}, not -1000 "
+            "(lowering it needs CAP_SYS_RESOURCE, which this process lacks)")
+
+
+_REAPER_CODE: str | None = None
+
+
+def _load_reaper() -> None:
+    """Read the reaper's source while the host's view is still in place: jobns itself (a
+    venv, a checkout) may live under one of the private dirs or base_path, which the job's
+    namespace covers. The reaper runs as `python -I -S -c <source>` on the base
+    interpreter, so it needs nothing but the standard interpreter inside the job."""
+    global _REAPER_CODE
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "_reaper.py")) as f:
+        _REAPER_CODE = f.read()
+
+
+def _start_init(plan: Plan) -> int:
+    """Fork PID 1 of the new PID namespace: it mounts a fresh /proc and execs the reaper."""
+    ready_r, ready_w = os.pipe()
+    python = getattr(sys, "_base_executable", None) or sys.executable
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - PID 1 of the job
+        try:
+            os.close(ready_r)
+            kernel.mount("proc", "/proc", "proc",
+                         kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+            # stderr goes to the ready pipe until the reaper is up: if the interpreter
+            # cannot start, its own message becomes create's error (the reaper then
+            # points stderr at /dev/null)
+            os.dup2(ready_w, 2)
+            os.closerange(3, ready_w)
+            os.closerange(ready_w + 1, 65536)
+            os.setsid()
+            os.chdir("/")   # never hold the creator's cwd (a busy mount in the job for ever)
+            os.set_inheritable(ready_w, True)
+            os.execv(python, [python, "-I", "-S", "-c", _REAPER_CODE, plan.job.job_id,
+                              str(ready_w)])
+        except BaseException as e:
+            with suppress(Exception):
+                os.write(ready_w, f"E{type(e).__name__}: {e}".encode())
+        os._exit(127)
+    os.close(ready_w)
+    answer = b""
+    while len(answer) < 65536:
+        chunk = os.read(ready_r, 4096)
+        if not chunk:
+            break
+        answer += chunk
+        if answer == b"R":
+            break
+    os.close(ready_r)
+    if answer != b"R":
+        with suppress(OSError):
+            os.kill(pid, kernel.SIGKILL)
+        text = answer[1:] if answer[:1] == b"E" else answer
+        lines = text.decode(errors="replace").strip().splitlines()
+        raise OperationError("init", "PID 1 did not start: "
+                             + (lines[-1] if lines else f"{python} exited"), path="/proc")
+    return pid

@@ -1,0 +1,344 @@
+"""The on-disk and runtime-dir state of jobs: base_path, the job record, the index, locks.
+
+Layout under base_path (see jobns.plan for the full tree): `<base>/<J>/.ns/mnt` (the pin),
+`.ns/pid1` (host pid of PID 1), `.ns/job.json` (the record), `<base>/.jobns-trash/` (job
+dirs being removed). In the runtime dir (JOBNS_RUNTIME_DIR, default /run/jobns):
+`lock/<J>` (one flock per job), `jobs/<J>` (symlink to the job dir), `bases/<mangled>`
+(the mount id of a verified base_path).
+
+Kernel facts relied on (measured; see docs/architecture.md): base_path is made its own
+private mount once; per-job self-binds would grow quadratically with a shared `/`.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from jobns import kernel
+from jobns._lazy import lazy
+from jobns.config.model import NodeConfig
+from jobns.errors import OperationError, UsageError
+from jobns.log import null_log
+from jobns.plan import JobPaths
+from jobns.values import suppress
+
+# json (with re) costs more to import than a create does: the record is written by
+# to_json and json loads on demand (to read a record).
+json = lazy("json")
+
+TRASH = ".jobns-trash"
+FAIL_ENV = "JOBNS_TEST_FAIL_STEP"       # failure injection, used by the test suite
+RUNTIME_ENV = "JOBNS_RUNTIME_DIR"
+DEFAULT_RUNTIME_DIR = "/run/jobns"
+RECORD_VERSION = 1
+
+STATE_READY = "ready"
+
+
+def runtime_dir() -> str:
+    return os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME_DIR
+
+
+def ensure_private_dir(path: str) -> None:
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.lstat(path)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise OperationError("runtime-dir", "must be owned by root and not writable by others",
+                             path=path)
+
+
+def index_path(job_id: str) -> str:
+    return os.path.join(runtime_dir(), "jobs", job_id)
+
+
+def fail_point(step: str) -> None:
+    if os.environ.get(FAIL_ENV) == step:
+        raise OperationError(step, f"injected failure ({FAIL_ENV})", errno=errno.ECANCELED)
+
+
+def require_base(cfg: NodeConfig) -> str:
+    if cfg.base_path is None:
+        raise UsageError(f"jobns is disabled on node {cfg.node_name} by {cfg.source} "
+                         f"({cfg.origin}): no base_path")
+    return cfg.base_path
+
+
+class job_lock:
+    """Serialise create/delete/restore of one job across processes (flock on a lock file
+    in the runtime dir; the file is re-checked after locking so that unlinking it is safe).
+    With `remove`, the lock file is unlinked before it is released (after a delete), so
+    that lock files do not pile up with every job id a node ever ran."""
+
+    def __init__(self, job_id: str, *, remove: bool = False):
+        self.path = os.path.join(runtime_dir(), "lock", job_id)
+        self.remove = remove
+        self.fd = -1
+
+    def __enter__(self):
+        ensure_private_dir(runtime_dir())
+        ensure_private_dir(os.path.dirname(self.path))
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
+                         0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                self.fd = fd
+                return self
+            os.close(fd)
+
+    def __exit__(self, exc_type, exc, tb):
+        try:
+            if self.remove and exc_type is None:
+                with suppress(OSError):
+                    os.unlink(self.path)
+        finally:
+            os.close(self.fd)
+        return False
+
+
+def lock_held(job_id: str) -> bool:
+    """Whether a create/delete/restore holds the job's lock now (without waiting)."""
+    try:
+        fd = os.open(os.path.join(runtime_dir(), "lock", job_id),
+                     os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def read_record(paths: JobPaths) -> dict | None:
+    try:
+        fd = os.open(paths.record, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = json.loads(f.read(1 << 20))
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+_JSON_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\b": "\\b", "\f": "\\f"}
+
+
+def _json_str(s: str) -> str:
+    if s.isascii() and s.isprintable() and '"' not in s and "\\" not in s:
+        return f'"{s}"'
+    out = []
+    for ch in s:
+        o = ord(ch)
+        if ch == '"' or ch == "\\":
+            out.append("\\" + ch)
+        elif ch in _JSON_SHORT:
+            out.append(_JSON_SHORT[ch])
+        elif 0x20 <= o < 0x7F:
+            out.append(ch)
+        elif o < 0x10000:
+            out.append(f"\\u{o:04x}")
+        else:
+            o -= 0x10000
+            out.append(f"\\u{0xD800 | (o >> 10):04x}\\u{0xDC00 | (o & 0x3FF):04x}")
+    return '"' + "".join(out) + '"'
+
+
+def to_json(obj, level: int = 0) -> str:
+    """JSON text of the record, as json.dumps(obj, indent=1, sort_keys=True) writes it
+    (the record stays readable for admins; this spares the job-start path `json`)."""
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, int):
+        return str(int(obj))
+    if isinstance(obj, float):
+        if obj != obj or obj in (float("inf"), float("-inf")):
+            return {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}[repr(obj)]
+        return repr(obj)
+    if isinstance(obj, str):
+        return _json_str(obj)
+    pad, inner = "\n" + " " * level, "\n" + " " * (level + 1)
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return "[]"
+        return "[" + ",".join(inner + to_json(v, level + 1) for v in obj) + pad + "]"
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        return "{" + ",".join(f"{inner}{_json_str(str(k))}: {to_json(obj[k], level + 1)}"
+                              for k in sorted(obj)) + pad + "}"
+    raise TypeError(f"not serialisable in a job record: {type(obj).__name__}")
+
+
+def write_record(paths: JobPaths, record: dict) -> None:
+    tmp = paths.record + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+                 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(to_json(record) + "\n")
+    os.rename(tmp, paths.record)
+
+
+def pin_inode(pin: str) -> int | None:
+    """The inode of the mount namespace pinned at `pin`, or None if nothing is pinned."""
+    try:
+        fd = os.open(pin, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if kernel.ns_type(fd) != kernel.CLONE_NEWNS:
+            return None
+        return os.fstat(fd).st_ino
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def ns_inode(pid: int, kind: str) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except OSError:
+        return None
+
+
+def read_init_pid(paths: JobPaths, pin_ino: int | None) -> int | None:
+    """The host pid of the job's PID 1, verified to live in the job's mount namespace."""
+    try:
+        with open(paths.pid1, "rb") as f:
+            pid = int(f.read(32).strip())
+    except (OSError, ValueError):
+        return None
+    if pin_ino is not None and ns_inode(pid, "mnt") != pin_ino:
+        return None
+    return pid
+
+
+def owner_alive(record: dict | None) -> bool:
+    owner = (record or {}).get("owner")
+    if not isinstance(owner, dict):
+        return False
+    pid, start = owner.get("pid"), owner.get("start")
+    return isinstance(pid, int) and start is not None and kernel.proc_start_time(pid) == start
+
+
+def open_base(base: str) -> int:
+    return os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def _base_marker(real: str) -> str:
+    return os.path.join(runtime_dir(), "bases", real.replace("/", "_"))
+
+
+def _base_mount_key(real: str) -> str | None:
+    """'<boot id> <mount id of base_path>': what a verified base_path looked like."""
+    from jobns import _fsops
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+        fd = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            return f"{boot} {_fsops.fstatx(fd).mnt_id}"
+        finally:
+            os.close(fd)
+    except OSError:
+        return None
+
+
+def ensure_base(cfg: NodeConfig, log=null_log, *, thorough: bool = False) -> str:
+    """Create base_path if allowed, check it is safe, and make it its own private mount.
+
+    Reading the mount table costs ~1 ms per thousand mounts (one per live job), so once
+    base_path was found (or made) a private mount, its mount id is remembered in the
+    runtime dir and later calls only compare it; `thorough` always reads the table."""
+    base = require_base(cfg)
+    if not os.path.isabs(base):
+        raise OperationError("ensure-base", "base_path must be absolute", path=base)
+    if not os.path.isdir(base):
+        if not cfg.auto_base_path:
+            raise OperationError("ensure-base", "does not exist (create it, or set "
+                                 "auto_base_path: true)", path=base, errno=errno.ENOENT)
+        old = os.umask(0o022)
+        try:
+            os.makedirs(base, mode=0o755, exist_ok=True)
+        except OSError as e:
+            raise OperationError.from_oserror("ensure-base", e, base) from None
+        finally:
+            os.umask(old)
+        log("info", f"created base_path {base} (0755)")
+    real = os.path.realpath(base)
+    st = os.stat(real)
+    if st.st_uid != 0 or st.st_mode & 0o022:
+        raise OperationError("ensure-base", "must be owned by root and not writable by group "
+                             "or others (mode %04o, uid %d)" % (st.st_mode & 0o7777, st.st_uid),
+                             path=base)
+    marker = _base_marker(real)
+    if not thorough:
+        key = _base_mount_key(real)
+        try:
+            with open(marker) as f:
+                if key is not None and f.read() == key:
+                    return real
+        except OSError:
+            pass
+    mounts = kernel.mounts_at(real)
+    top = mounts[-1] if mounts else None
+    try:
+        if top is None:
+            kernel.mount(real, real, None, kernel.MS_BIND)
+            kernel.mount(None, real, None, kernel.MS_PRIVATE)
+            log("info", f"made base_path {real} its own private mount")
+        elif top.propagation:
+            kernel.mount(None, real, None, kernel.MS_PRIVATE)
+            log("info", f"made base_path mount {real} private (was {' '.join(top.propagation)})")
+    except OSError as e:
+        raise OperationError.from_oserror("ensure-base", e, real) from None
+    key = _base_mount_key(real)
+    if key is not None:
+        try:
+            ensure_private_dir(runtime_dir())
+            ensure_private_dir(os.path.dirname(marker))
+            with open(marker + ".tmp", "w") as f:
+                f.write(key)
+            os.rename(marker + ".tmp", marker)
+        except (OSError, OperationError):
+            pass   # only a shortcut for the next call
+    return real
+
+
+def set_index(job_id: str, job_dir: str) -> None:
+    jobs = os.path.join(runtime_dir(), "jobs")
+    ensure_private_dir(runtime_dir())
+    ensure_private_dir(jobs)
+    link = os.path.join(jobs, job_id)
+    try:
+        os.symlink(job_dir, link)
+    except FileExistsError:      # left by a crash; this create holds the job's lock
+        os.unlink(link)
+        os.symlink(job_dir, link)
+
+
+def prune_index() -> None:
+    jobs = os.path.join(runtime_dir(), "jobs")
+    try:
+        names = os.listdir(jobs)
+    except FileNotFoundError:
+        return
+    for name in names:
+        link = os.path.join(jobs, name)
+        if not os.path.exists(link):
+            with suppress(OSError):
+                os.unlink(link)
