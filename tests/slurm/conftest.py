@@ -1,4 +1,12 @@
-"""Session fixture: a real single-node Slurm 22.05+ on localhost with the jobns SPANK plugin.
+"""Session fixture: a real single-node Slurm on localhost with the jobns SPANK plugin, once
+per Slurm version of the matrix: 22.05 (this Debian 12 host's packages), 24.11 (Debian 13)
+and 26.05 (Debian sid), the newer two from cached Debian trees run in a private mount
+namespace (tests/slurm/jobns_slurm_box.py). Every test of tests/slurm runs on each version
+(test ids end in [22.05], [24.11], [26.05]).
+
+JOBNS_SLURM_VERSIONS=22.05 (comma-separated) runs a subset, for quick local runs; CI runs
+all three. JOBNS_SLURM_TEST_ROOT (default /var/tmp/jobns-slurm-test) is 22.05's cluster
+root; the others use <root>-24.11 and <root>-26.05.
 
 Installs Debian's slurmctld/slurmd/slurm-client/munge/libslurm-dev/gcc if missing (skips,
 with the reason, only when no package registry is reachable), creates the users
@@ -14,9 +22,21 @@ import shutil
 
 import pytest
 
+import jobns_slurm_box as jsb
 import jobns_slurm_cluster as jsc
 
-ROOT = os.environ.get("JOBNS_SLURM_TEST_ROOT", "/var/tmp/jobns-slurm-test")
+ROOT = os.environ.get("JOBNS_SLURM_TEST_ROOT", "/var/tmp/jobns-slurm-test").rstrip("/")
+VERSIONS = tuple(v.strip() for v in
+                 os.environ.get("JOBNS_SLURM_VERSIONS", ",".join(jsb.VERSIONS)).split(",")
+                 if v.strip())
+_unknown = [v for v in VERSIONS if v not in jsb.VERSIONS]
+if _unknown:
+    raise pytest.UsageError(f"JOBNS_SLURM_VERSIONS: unknown Slurm version(s) "
+                            f"{', '.join(_unknown)}; known: {', '.join(jsb.VERSIONS)}")
+
+
+def cluster_root(version: str) -> str:
+    return ROOT if version == jsb.HOST_VERSION else f"{ROOT}-{version}"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -26,16 +46,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slurm)
 
 
-@pytest.fixture(scope="session")
-def slurm():
+@pytest.fixture(scope="session", params=VERSIONS)
+def slurm(request):
+    version = request.param
     if os.geteuid() != 0:
         pytest.skip("needs root: starts slurmd/slurmctld/munged and creates namespaces")
-    if shutil.which("apt-get") is None and jsc.missing_packages():
-        pytest.skip("Slurm is not installed and there is no apt-get to install it")
-    reason = jsc.install_packages()
-    if reason:
-        pytest.skip(reason)
-    cluster = jsc.Cluster(ROOT, jsc.default_jobns())
+    if version == jsb.HOST_VERSION:
+        if shutil.which("apt-get") is None and jsc.missing_packages():
+            pytest.skip("Slurm is not installed and there is no apt-get to install it")
+        reason = jsc.install_packages()
+        if reason:
+            pytest.skip(reason)
+    elif shutil.which("debootstrap") is None and shutil.which("apt-get") is None and \
+            not os.path.exists(jsb.tree_path(jsb.SUITES[version])):
+        pytest.skip(f"Slurm {version} needs a Debian tree and there is no debootstrap")
+    cluster = jsb.cluster_for(version, cluster_root(version))
     try:
         cluster.start()
     except BaseException:
@@ -45,7 +70,8 @@ def slurm():
         yield cluster
     finally:
         warnings = cluster.stop()
-        assert not jsc.mounts_under(cluster.root), "mounts left after stopping Slurm"
+        assert not cluster.mounts_under(cluster.root), "mounts left after stopping Slurm"
+        assert not jsc.mounts_under(cluster.root), "mounts left on the host"
         for w in warnings:
             print(f"slurm fixture teardown: {w}")
 

@@ -102,11 +102,12 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def mounts_under(path: str) -> list[str]:
-    """Mount points at or below `path` in this mount namespace, deepest first."""
+def mounts_under(path: str, mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """Mount points at or below `path` in this mount namespace (or `mountinfo`'s),
+    deepest first."""
     path = path.rstrip("/")
     found = []
-    with open("/proc/self/mountinfo") as f:
+    with open(mountinfo) as f:
         for n, line in enumerate(f):
             mp = line.split()[4].replace("\\040", " ")
             if mp == path or mp.startswith(path + "/"):
@@ -210,7 +211,8 @@ class Cluster:
                          "slurmd": f"{self.run_dir}/slurmd.pid"}
         # Debian installs some of them as alternatives symlinks (slurmctld -> slurmctld-wlm)
         self.exes = {n: os.path.realpath(p) for n, p in
-                     (("munged", MUNGED), ("slurmctld", SLURMCTLD), ("slurmd", SLURMD))}
+                     (("munged", MUNGED), ("slurmctld", SLURMCTLD), ("slurmd", SLURMD),
+                      ("slurmstepd", SLURMSTEPD))}
         self.node = socket.gethostname().split(".", 1)[0]
         self.ctld_port = 0
         self.slurmd_port = 0
@@ -219,6 +221,38 @@ class Cluster:
         self.env = dict(os.environ, SLURM_CONF=self.conf)
         self.env.pop("JOBNS_CONFIG", None)
         self.started = False
+        # What the node runs besides the jobns SPANK plugin: "none", or "slurm" for Slurm's
+        # own plugin (job_container/tmpfs before 25.11, namespace/linux from 25.11 on, both
+        # reading the same namespace.yaml / job_container.conf directory). `spank` False
+        # leaves plugstack.conf empty. Takes effect at the next start().
+        self.container = "none"
+        self.spank = True
+        self.version: tuple[int, ...] = ()
+
+    # ------------------------------------------------------------- where the node runs
+    # The node's commands run on this host. jobns_slurm_box.BoxCluster runs them inside a
+    # Debian tree's private mount namespace instead, by overriding these four.
+    def node_argv(self, argv: list[str]) -> list[str]:
+        return list(argv)
+
+    def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        """Run argv on the node (capture_output and text unless given)."""
+        kw.setdefault("capture_output", "stdout" not in kw)
+        kw.setdefault("text", True)
+        return subprocess.run(self.node_argv(argv), **kw)
+
+    def mounts_under(self, path: str) -> list[str]:
+        """Mount points at or below `path` in the node's mount namespace, deepest first."""
+        return mounts_under(path)
+
+    def node_path(self, path: str) -> str:
+        """Where the node's file `path` is seen from this host."""
+        return path
+
+    def slurm_version(self) -> tuple[int, ...]:
+        out = self.run([SLURMD, "-V"]).stdout.split()
+        nums = out[-1].split(".") if out else []
+        return tuple(int(n) for n in nums if n.isdigit())[:3]
 
     # ------------------------------------------------------------- config files
     def namespace_yaml(self, **options) -> str:
@@ -235,16 +269,17 @@ class Cluster:
             lines.append(f"  {key}: {value}")
         return "\n".join(lines) + "\n"
 
-    def set_namespace_config(self, **options) -> None:
-        """(Re)write namespace.yaml; `jobns slurm prolog` reads it for every new job."""
+    def set_namespace_config(self, text: str | None = None, **options) -> None:
+        """(Re)write namespace.yaml from `options` (under `defaults:`) or as `text`;
+        `jobns slurm prolog` reads it for every new job."""
         tmp = self.ns_yaml + ".tmp"
         with open(tmp, "w") as f:
-            f.write(self.namespace_yaml(**options))
+            f.write(text if text is not None else self.namespace_yaml(**options))
         os.chmod(tmp, 0o644)
         os.replace(tmp, self.ns_yaml)
 
     def _hardware(self) -> dict[str, str]:
-        out = subprocess.run([SLURMD, "-C"], capture_output=True, text=True, check=True).stdout
+        out = self.run([SLURMD, "-C"], check=True).stdout
         hw = dict(tok.split("=", 1) for tok in out.split() if "=" in tok)
         return hw
 
@@ -289,7 +324,7 @@ class Cluster:
             "JobAcctGatherType=jobacct_gather/none",
             "AccountingStorageType=accounting_storage/none",
             "JobCompType=jobcomp/none",
-            "JobContainerType=job_container/none",
+            *self._container_lines(),
             "MpiDefault=none",
             "SwitchType=switch/none",
             "SchedulerType=sched/backfill",
@@ -315,11 +350,40 @@ class Cluster:
             f.write("\n".join(lines) + "\n")
         os.chmod(self.conf, 0o644)
 
+    def _container_lines(self) -> list[str]:
+        """slurm.conf lines and side files for `self.container` on this Slurm version."""
+        jc = os.path.join(self.etc, "job_container.conf")
+        cg = os.path.join(self.etc, "cgroup.conf")
+        for path in (jc, cg):
+            if os.path.exists(path):
+                os.unlink(path)
+        if self.version >= (24, 5):
+            # proctrack/linuxproc and task/none need no cgroup; newer slurmd would still
+            # initialise one without this (and fails on a v1 hybrid host)
+            with open(cg, "w") as f:
+                f.write("CgroupPlugin=disabled\n")
+            os.chmod(cg, 0o644)
+        newer = self.version >= (25, 11)
+        if self.container == "none":
+            return [] if newer else ["JobContainerType=job_container/none"]
+        if self.container != "slurm":
+            raise ValueError(f"unknown container mode {self.container!r}")
+        if newer:
+            return ["NamespaceType=namespace/linux"]   # reads etc/namespace.yaml
+        with open(jc, "w") as f:
+            f.write(f"AutoBasePath=true\nBasePath={self.base}\nDirs=/tmp,/dev/shm\n")
+        os.chmod(jc, 0o644)
+        return ["JobContainerType=job_container/tmpfs"]
+
     def build_plugin(self, *extra: str) -> str:
-        r = subprocess.run([self.jobns, "--config", self.ns_yaml, "slurm", "build-plugin",
-                            "--output", self.plugin, "--jobns", self.jobns,
-                            "--runtime", self.runtime, *extra],
-                           capture_output=True, text=True, env=self.env)
+        if not self.spank:
+            with open(self.plugstack, "w"):
+                pass
+            os.chmod(self.plugstack, 0o644)
+            return ""
+        r = self.run([self.jobns, "--config", self.ns_yaml, "slurm", "build-plugin",
+                      "--output", self.plugin, "--jobns", self.jobns,
+                      "--runtime", self.runtime, *extra], env=self.env)
         if r.returncode != 0:
             raise RuntimeError(f"jobns slurm build-plugin failed:\n{r.stdout}{r.stderr}")
         line = [ln for ln in r.stdout.splitlines() if ln.startswith("required ")]
@@ -329,6 +393,9 @@ class Cluster:
             f.write(line[0] + "\n")
         os.chmod(self.plugstack, 0o644)
         return r.stdout + r.stderr
+
+    def prepare_node(self) -> None:
+        """Make the node ready for start() (users, jobns); nothing to do on the host."""
 
     # ------------------------------------------------------------- processes
     def pid_of(self, name: str) -> int | None:
@@ -348,7 +415,7 @@ class Cluster:
         """slurmstepd processes of our slurmd (they keep our slurmd.log open)."""
         out = []
         for name in os.listdir("/proc"):
-            if name.isdigit() and _exe(int(name)) == os.path.realpath(SLURMSTEPD) and \
+            if name.isdigit() and _exe(int(name)) == self.exes["slurmstepd"] and \
                     _has_fd_under(int(name), self.root):
                 out.append(int(name))
         return out
@@ -358,8 +425,8 @@ class Cluster:
         if user:
             argv = ["runuser", "-u", user, "--", *argv]
         with open(f"{self.log_dir}/daemons.stderr", "ab") as err:
-            r = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=err,
-                               stderr=err, timeout=60)
+            r = self.run(argv, env=env, stdin=subprocess.DEVNULL, stdout=err,
+                         stderr=err, timeout=60, text=False)
         if r.returncode != 0:
             raise RuntimeError(f"{argv} exited {r.returncode}; see {self.log_dir}")
 
@@ -386,12 +453,12 @@ class Cluster:
 
     def start_munged(self) -> None:
         os.makedirs(self.munge_dir, exist_ok=True)
-        shutil.chown(self.munge_dir, "munge", "munge")
+        self.run(["chown", "munge:munge", self.munge_dir], check=True)
         os.chmod(self.munge_dir, 0o755)
         if not os.path.exists(self.munge_key):
             with open("/dev/urandom", "rb") as r, open(self.munge_key, "wb") as w:
                 w.write(r.read(1024))
-        shutil.chown(self.munge_key, "munge", "munge")
+        self.run(["chown", "munge:munge", self.munge_key], check=True)
         os.chmod(self.munge_key, 0o600)
         self._spawn([MUNGED, f"--socket={self.munge_socket}", f"--key-file={self.munge_key}",
                      f"--pid-file={self.pidfiles['munged']}",
@@ -475,6 +542,8 @@ class Cluster:
         for d in (self.state, self.spool):
             os.makedirs(d, mode=0o700, exist_ok=True)
         self.users = ensure_users()
+        self.prepare_node()
+        self.version = self.slurm_version()
         self._pick_ports()
         self.write_slurm_conf()
         self.set_namespace_config()
@@ -491,9 +560,9 @@ class Cluster:
         instead of SPANK's job_prolog/job_epilog; restarts slurmd."""
         extra: tuple[str, ...] = ()
         if on:
-            r = subprocess.run([self.jobns, "--config", self.ns_yaml, "slurm", "write-scripts",
-                                self.scripts, "--jobns", self.jobns, "--runtime", self.runtime],
-                               capture_output=True, text=True, env=self.env)
+            r = self.run([self.jobns, "--config", self.ns_yaml, "slurm", "write-scripts",
+                          self.scripts, "--jobns", self.jobns, "--runtime", self.runtime],
+                         env=self.env)
             if r.returncode != 0:
                 raise RuntimeError(f"write-scripts failed: {r.stderr}")
             extra = tuple(ln for ln in r.stdout.splitlines() if "=" in ln)
@@ -533,21 +602,20 @@ class Cluster:
                             "descendants")
         # Namespaces of jobs that are gone: the same code path as a node start.
         if os.path.isdir(self.base) and os.path.exists(self.ns_yaml):
-            r = subprocess.run([self.jobns, "--config", self.ns_yaml, "--node", self.node,
-                                "slurm", "restore", "--spool-dir", self.spool],
-                               capture_output=True, text=True,
-                               env=dict(self.env, JOBNS_RUNTIME_DIR=self.runtime))
+            r = self.run([self.jobns, "--config", self.ns_yaml, "--node", self.node,
+                          "slurm", "restore", "--spool-dir", self.spool],
+                         env=dict(self.env, JOBNS_RUNTIME_DIR=self.runtime))
             if r.returncode != 0:
                 warnings.append(f"jobns slurm restore at teardown: {r.stderr.strip()}")
         if munged:
             os.kill(munged, signal.SIGTERM)
             if not _wait_gone(munged, 10):
                 os.kill(munged, signal.SIGKILL)
-        for mp in mounts_under(self.root):
-            r = subprocess.run(["umount", mp], capture_output=True)
+        for mp in self.mounts_under(self.root):
+            r = self.run(["umount", mp])
             if r.returncode != 0:
-                subprocess.run(["umount", "-l", mp], capture_output=True)
-        left = mounts_under(self.root)
+                self.run(["umount", "-l", mp])
+        left = self.mounts_under(self.root)
         if left:
             warnings.append(f"mounts left under {self.root}: {left}")
         for d in (self.base, self.runtime):
@@ -558,8 +626,7 @@ class Cluster:
 
     # ------------------------------------------------------------- running things
     def cmd(self, argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(argv, capture_output=True, text=True, env=self.env,
-                              timeout=timeout, **kw)
+        return self.run(argv, env=self.env, timeout=timeout, **kw)
 
     def as_user(self, user: str, argv: list[str], timeout: float = 60,
                 input: str | None = None) -> subprocess.CompletedProcess:
@@ -567,8 +634,7 @@ class Cluster:
         full = [RUNUSER, "-u", user, "--", "env", "-C", pw.pw_dir, f"HOME={pw.pw_dir}",
                 f"USER={user}", f"LOGNAME={user}", f"SLURM_CONF={self.conf}", *argv]
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
-        return subprocess.run(full, capture_output=True, text=True, env=env, timeout=timeout,
-                              input=input)
+        return self.run(full, env=env, timeout=timeout, input=input)
 
     def srun(self, user: str, argv: list[str], *opts: str, timeout: float = 60):
         return self.as_user(user, ["srun", *opts, *argv], timeout=timeout)
@@ -604,17 +670,15 @@ class Cluster:
         return os.path.join(self.effective_base(), job)
 
     def effective_base(self) -> str:
-        r = subprocess.run([self.jobns, "--config", self.ns_yaml, "--node", self.node,
-                            "config", "show", "--json"], capture_output=True, text=True,
-                           env=self.env)
+        r = self.run([self.jobns, "--config", self.ns_yaml, "--node", self.node,
+                      "config", "show", "--json"], env=self.env)
         if r.returncode != 0:
             raise RuntimeError(f"jobns config show failed: {r.stderr}")
         return json.loads(r.stdout)["base_path"]
 
     def jobns_cmd(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([self.jobns, "--config", self.ns_yaml, "--node", self.node, *args],
-                              capture_output=True, text=True,
-                              env=dict(self.env, JOBNS_RUNTIME_DIR=self.runtime))
+        return self.run([self.jobns, "--config", self.ns_yaml, "--node", self.node, *args],
+                        env=dict(self.env, JOBNS_RUNTIME_DIR=self.runtime))
 
 
 def default_jobns() -> str:

@@ -14,15 +14,14 @@ pytestmark = pytest.mark.slurm
 ALICE, BOB = "jobns-alice", "jobns-bob"
 
 
-def _mounts_below(path: str) -> list[str]:
-    from jobns_slurm_cluster import mounts_under
-    return [m for m in mounts_under(path) if m != path]
+def _mounts_below(cluster, path: str) -> list[str]:
+    return [m for m in cluster.mounts_under(path) if m != path]
 
 
 def test_private_tmp_and_dev_shm(cluster, tmp_path):
-    # Markers on the host that a job must not see.
-    host_tmp = "/tmp/jobns-slurm-test-host-marker"
-    host_shm = "/dev/shm/jobns-slurm-test-host-marker"
+    # Markers on the node that a job must not see.
+    host_tmp = cluster.node_path("/tmp/jobns-slurm-test-host-marker")
+    host_shm = cluster.node_path("/dev/shm/jobns-slurm-test-host-marker")
     for p in (host_tmp, host_shm):
         with open(p, "w") as f:
             f.write("host\n")
@@ -42,7 +41,8 @@ def test_private_tmp_and_dev_shm(cluster, tmp_path):
         assert out[0].split() == ["tmpfs", "tmpfs"], r.stdout
         assert "jobns-slurm-test-host-marker" not in r.stdout
         assert out[-1] == f"{ALICE} 700"
-        assert not os.path.exists("/dev/shm/job-file"), "job's /dev/shm leaked to the host"
+        assert not os.path.exists(cluster.node_path("/dev/shm/job-file")), \
+            "job's /dev/shm leaked to the node"
     finally:
         for p in (host_tmp, host_shm):
             os.unlink(p)
@@ -102,7 +102,7 @@ def test_steps_share_jobs_do_not(cluster):
         cluster.wait_until(lambda: not os.path.lexists(os.path.join(base, job)), timeout=60,
                            what=f"{base}/{job} to be removed after the job ended")
         assert not os.path.lexists(os.path.join(cluster.runtime, "jobs", job))
-    assert _mounts_below(base) == []
+    assert _mounts_below(cluster, base) == []
 
 
 def test_pid_namespace(cluster):
@@ -146,7 +146,7 @@ def test_failing_init_script_fails_the_job_and_leaves_nothing(cluster):
     assert "jobns slurm prolog` failed" in new_log, new_log
     after = set(os.listdir(base)) if os.path.isdir(base) else set()
     assert {n for n in after - before if not n.startswith(".")} == set()
-    assert _mounts_below(base) == []
+    assert _mounts_below(cluster, base) == []
     # Like any failing Prolog, Slurm drains the node ("Prolog error"); the fixture resumes it.
     reason = cluster.cmd(["sinfo", "-h", "-R", "-o", "%E"]).stdout
     assert "Prolog error" in reason, reason
@@ -182,16 +182,25 @@ def test_prolog_epilog_scripts_instead_of_spank_prolog(cluster):
 def test_disabled_node_runs_jobs_without_namespace(cluster):
     cluster.set_namespace_config(base_path="none")
     marker = "/tmp/jobns-slurm-test-disabled-marker"
-    with open(marker, "w") as f:
+    with open(cluster.node_path(marker), "w") as f:
         f.write("host\n")
     try:
         r = cluster.srun(ALICE, ["cat", marker])
         assert r.returncode == 0 and r.stdout == "host\n", (r.stdout, r.stderr)
         assert os.path.exists(os.path.join(cluster.runtime, "slurm-disabled"))
     finally:
-        os.unlink(marker)
+        os.unlink(cluster.node_path(marker))
     cluster.set_namespace_config()
     cluster.wait_idle()
     r = cluster.srun(ALICE, ["ls", "-A", "/tmp"])
     assert r.returncode == 0 and r.stdout == "", (r.stdout, r.stderr)
     assert not os.path.exists(os.path.join(cluster.runtime, "slurm-disabled"))
+
+
+def test_the_node_runs_the_version_of_the_matrix(cluster, request):
+    """Each run of the matrix really runs its Slurm: slurmd, the client and the job agree."""
+    want = request.node.callspec.params["slurm"]
+    assert cluster.version[:2] == tuple(int(n) for n in want.split("."))
+    r = cluster.srun(ALICE, ["sh", "-c", "srun --version; cat /etc/debian_version"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split()[1].startswith(want + "."), r.stdout

@@ -7,8 +7,6 @@ import socket
 
 import pytest
 
-from jobns_slurm_cluster import mounts_under
-
 pytestmark = pytest.mark.slurm
 
 ALICE, BOB = "jobns-alice", "jobns-bob"
@@ -46,7 +44,7 @@ def test_slurmd_restart_keeps_running_job_and_restore_removes_dead_ones(cluster)
 
         assert os.stat(pin).st_ino == ino, "the running job's namespace was replaced"
         assert not os.path.lexists(os.path.join(base, ghost)), "restore kept a dead job"
-        assert mounts_under(os.path.join(base, ghost)) == []
+        assert cluster.mounts_under(os.path.join(base, ghost)) == []
         assert "restore on node" in cluster.slurmd_log()
         r = cluster.srun(ALICE, ["cat", "/tmp/keep"], f"--jobid={job}", "--overlap")
         assert r.returncode == 0 and r.stdout == "before-restart\n", (r.stdout, r.stderr)
@@ -57,7 +55,7 @@ def test_slurmd_restart_keeps_running_job_and_restore_removes_dead_ones(cluster)
         cluster.jobns_cmd("delete", ghost)
     cluster.wait_until(lambda: not os.path.lexists(os.path.join(base, job)), timeout=60,
                        what="the job's directory to be removed after scancel")
-    assert [m for m in mounts_under(base) if m != base] == []
+    assert [m for m in cluster.mounts_under(base) if m != base] == []
 
 
 def test_slurmd_sigkill_then_cancel_leaves_nothing(cluster):
@@ -76,7 +74,7 @@ def test_slurmd_sigkill_then_cancel_leaves_nothing(cluster):
         cluster.start_slurmd()
         cluster.wait_until(lambda: not os.path.lexists(os.path.join(base, job)), timeout=60,
                            what="the job's directory to be removed after slurmd came back")
-        assert [m for m in mounts_under(base) if m != base] == []
+        assert [m for m in cluster.mounts_under(base) if m != base] == []
         assert not os.path.lexists(os.path.join(cluster.runtime, "jobs", job))
         cluster.wait_idle(timeout=90)
     finally:
