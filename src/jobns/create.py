@@ -18,9 +18,9 @@ from jobns.job import Job, validate_job_id
 from jobns.log import null_log
 from jobns.nschild import (NamespaceChild, child_error, reap, spawn_namespace_child,
                            warn_init_oom)
-from jobns.plan import Plan, Step, build_plan
-from jobns.store import (RECORD_VERSION, STATE_READY, ensure_base, fail_point, index_path,
-                         job_lock, pin_inode, read_record, set_index, write_record)
+from jobns.plan import Op, Plan, Step, build_plan
+from jobns.store import (STATE_READY, ensure_base_path, fail_point, index_path, job_lock,
+                         pin_inode, read_record, set_index, write_record)
 from jobns.values import suppress
 
 
@@ -48,101 +48,145 @@ def _existing_job(plan: Plan, log) -> None:
                              + result.summary(), path=paths.job_dir, errno=errno.EEXIST)
 
 
+class _Run:
+    """What a create has made so far: read by the ops and by the undo."""
+
+    __slots__ = ("plan", "log", "paths", "job_id", "owns_dir", "child", "init_pid", "record")
+
+    def __init__(self, plan: Plan, log, record: dict):
+        self.plan, self.log, self.record = plan, log, record
+        self.paths, self.job_id = plan.paths, plan.job.job_id
+        self.owns_dir = False
+        self.child: NamespaceChild | None = None
+        self.init_pid: int | None = None
+
+
+# ------------------------------------------------------------------- the host ops
+# One function per op (jobns.plan.Op), reading the step's fields and what the run made.
+
+def _ensure_base(step: Step, run: _Run) -> None:
+    ensure_base_path(step.path, step.mode, run.log)
+
+
+def _job_dir(step: Step, run: _Run) -> None:
+    try:
+        os.mkdir(step.path, step.mode)
+    except FileExistsError:
+        _existing_job(run.plan, run.log)
+        os.mkdir(step.path, step.mode)
+    run.owns_dir = True
+    os.chmod(step.path, step.mode)
+
+
+def _mkdir(step: Step, run: _Run) -> None:
+    os.mkdir(step.path, step.mode)
+    os.chmod(step.path, step.mode)
+    if step.owner:
+        os.chown(step.path, *step.owner, follow_symlinks=False)
+
+
+def _pin_file(step: Step, run: _Run) -> None:
+    os.close(os.open(step.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, step.mode))
+
+
+def _hook(step: Step, run: _Run, ns_pid: int | None = None) -> None:
+    from jobns import hooks
+    env = dict(step.env)
+    if ns_pid is not None:
+        env[hooks.NS_PID_VAR] = str(ns_pid)
+    result = hooks.run_hook(step.hook, step.path, env, step.timeout, log=run.log)
+    if not result.ok:
+        raise result.as_error(step.name)
+
+
+def _user_map_hook(step: Step, run: _Run) -> None:
+    _hook(step, run, ns_pid=run.child.pid)
+    _check_user_maps(run.child.pid, step)
+
+
+def _unshare(step: Step, run: _Run) -> None:
+    run.child = spawn_namespace_child(step, run.plan.in_namespace(), run.job_id)
+    msg = run.child.recv()
+    if msg.get("event") != "unshared":
+        raise child_error(msg)
+
+
+def _user_map(step: Step, run: _Run) -> None:
+    for name in ("uid_map", "gid_map"):
+        with open(f"/proc/{run.child.pid}/{name}", "w") as f:
+            f.write(step.data)
+
+
+def _pin(step: Step, run: _Run) -> None:
+    ns = f"/proc/{run.child.pid}/ns/mnt"
+    try:
+        kernel.mount(ns, step.path, None, kernel.MS_BIND)
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+        # base_path lost its private propagation since it was checked (a pin on a shared
+        # mount is refused): check it for real, and retry once
+        ensure_base_path(run.paths.base, None, run.log, thorough=True)
+        kernel.mount(ns, step.path, None, kernel.MS_BIND)
+
+
+def _pid_file(step: Step, run: _Run) -> None:
+    with open(step.path, "w") as f:
+        f.write(f"{run.init_pid}\n")
+
+
+def _record(step: Step, run: _Run) -> None:
+    init_pid = run.init_pid
+    run.record.update(state=STATE_READY, init_pid=init_pid,
+                      init_start=kernel.proc_start_time(init_pid) if init_pid else None,
+                      pin_inode=pin_inode(run.paths.pin))
+    write_record(step.path, run.record)
+
+
+def _index(step: Step, run: _Run) -> None:
+    set_index(run.job_id, step.source)
+
+
+HOST_OPS = {
+    Op.ENSURE_BASE: _ensure_base, Op.JOB_DIR: _job_dir, Op.MKDIR: _mkdir,
+    Op.PIN_FILE: _pin_file, Op.HOOK: _hook, Op.USER_MAP_HOOK: _user_map_hook,
+    Op.UNSHARE: _unshare, Op.USER_MAP: _user_map, Op.PIN: _pin, Op.PID_FILE: _pid_file,
+    Op.RECORD: _record, Op.INDEX: _index,
+}
+
+
 def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
     cfg, job, paths = plan.cfg, plan.job, plan.paths
     t0 = time.monotonic()
-    record = {
-        "version": RECORD_VERSION, "job_id": job.job_id, "uid": job.uid, "gid": job.gid,
-        "user": job.user, "node": cfg.node_name, "created": time.strftime(
-            "%Y-%m-%dT%H:%M:%S%z"), "created_epoch": time.time(), "state": STATE_READY,
-        "base_path": cfg.base_path, "dirs": list(plan.job_dirs()),
-        "backing": plan.backing_dirs(),
-        "clone_ns_flags": list(cfg.clone_ns_flags), "shared": cfg.shared,
-        "config": cfg.source, "env": dict(job.env), "init_pid": None,
-    }
+    record = plan.record()
+    record.update(created=time.strftime("%Y-%m-%dT%H:%M:%S%z"), created_epoch=time.time(),
+                  state=STATE_READY)
     if owner_pid is not None:
         record["owner"] = {"pid": owner_pid, "start": kernel.proc_start_time(owner_pid)}
-    owns_dir = False
-    child: NamespaceChild | None = None
-    init_pid: int | None = None
+    run = _Run(plan, log, record)
     step: Step | None = None
     try:
-        for step in plan.host_before():
+        for step in plan.host_before() + plan.host_between():
             fail_point(step.name)
-            if step.kind == "ensure_base":
-                ensure_base(cfg, log)
-            elif step.kind == "mkdir":
-                if step.name == "mkdir-job":
-                    try:
-                        os.mkdir(step.path, 0o700)
-                    except FileExistsError:
-                        _existing_job(plan, log)
-                        os.mkdir(step.path, 0o700)
-                    owns_dir = True
-                    os.chmod(step.path, 0o700)
-                else:
-                    os.mkdir(step.path, step.args["mode"])
-                    os.chmod(step.path, step.args["mode"])
-                    if step.args.get("owner"):
-                        os.chown(step.path, *step.args["owner"], follow_symlinks=False)
-            elif step.kind == "pin_file":
-                os.close(os.open(step.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                                 0o400))
-            elif step.kind == "hook":
-                _run_hook_step(step, plan, log)
-            elif step.kind == "unshare":
-                child = spawn_namespace_child(plan)
-                msg = child.recv()
-                if msg.get("event") != "unshared":
-                    raise child_error(msg)
-        for step in plan.host_between():
-            fail_point(step.name)
-            if step.kind == "usermap":
-                for name in ("uid_map", "gid_map"):
-                    with open(f"/proc/{child.pid}/{name}", "w") as f:
-                        f.write("0 0 4294967295\n")
-            elif step.kind == "hook":
-                _run_hook_step(step, plan, log, ns_pid=child.pid)
-                if step.args.get("hook") == "user_ns_script":
-                    _check_user_maps(child.pid, step)
-            elif step.kind == "pin":
-                try:
-                    kernel.mount(f"/proc/{child.pid}/ns/mnt", paths.pin, None, kernel.MS_BIND)
-                except OSError as e:
-                    if e.errno != errno.EINVAL:
-                        raise
-                    # base_path lost its private propagation since it was checked (a pin
-                    # on a shared mount is refused): check it for real, and retry once
-                    ensure_base(cfg, log, thorough=True)
-                    kernel.mount(f"/proc/{child.pid}/ns/mnt", paths.pin, None, kernel.MS_BIND)
+            HOST_OPS[step.kind](step, run)
         step = None
+        child = run.child
         child.send(b"G")
         msg = child.recv()
         if msg.get("event") != "ready":
             raise child_error(msg)
-        init_pid = msg.get("init_pid")
-        if init_pid:
-            warn_init_oom(init_pid, job.job_id, log)
+        run.init_pid = msg.get("init_pid")
+        if run.init_pid:
+            warn_init_oom(run.init_pid, job.job_id, log)
         reap(child.pid)
         child.close()
-        child = None
+        run.child = None
         for step in plan.host_after():
             fail_point(step.name)
-            if step.kind == "ready":
-                if init_pid:
-                    with open(paths.pid1, "w") as f:
-                        f.write(f"{init_pid}\n")
-                record.update(state=STATE_READY, init_pid=init_pid,
-                              init_start=kernel.proc_start_time(init_pid) if init_pid else None,
-                              pin_inode=pin_inode(paths.pin))
-                write_record(paths, record)
-            elif step.kind == "index":
-                set_index(job.job_id, paths.job_dir)
-            elif step.kind == "hook":
-                _run_hook_step(step, plan, log)
+            HOST_OPS[step.kind](step, run)
     except BaseException as exc:
         failed = step.name if step is not None else "namespace"
-        _undo_create(plan, owns_dir, child, init_pid, log)
+        _undo_create(run)
         if isinstance(exc, OperationError):
             err = exc
         elif isinstance(exc, OSError):
@@ -160,21 +204,6 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
     return record
 
 
-def _run_hook_step(step: Step, plan: Plan, log, ns_pid: int | None = None) -> None:
-    from jobns import hooks
-    result = hooks.run_configured(step.args["hook"], plan.cfg, plan.job,
-                                  job_dir=plan.paths.job_dir,
-                                  slurm_conf=plan.job.env.get("SLURM_CONF"),
-                                  ns_pid=ns_pid, log=log)
-    if result is not None and not result.ok:
-        why = ("timed out" if result.timed_out else
-               f"killed by signal {result.signal}" if result.signal else
-               f"exit status {result.status}")
-        tail = result.output.strip().splitlines()[-1:] if result.output else []
-        raise OperationError(step.name, f"{why}" + (f": {tail[0]}" if tail else ""),
-                             path=step.path)
-
-
 def _check_user_maps(pid: int, step: Step) -> None:
     """A user_ns_script that exits 0 without writing the maps would leave a job whose
     every id is the overflow id (and the job user could not even be switched to)."""
@@ -189,20 +218,20 @@ def _check_user_maps(pid: int, step: Step) -> None:
                              path=step.path)
 
 
-def _undo_create(plan: Plan, owns_dir: bool, child: NamespaceChild | None, init_pid: int | None,
-                 log) -> None:
+def _undo_create(run: _Run) -> None:
+    plan, log, child = run.plan, run.log, run.child
     if child is not None:
         with suppress(OSError):
             os.kill(child.pid, kernel.SIGKILL)
         reap(child.pid)
         child.close()
-    if init_pid:
-        kill_and_wait(init_pid, None)
+    if run.init_pid:
+        kill_and_wait(run.init_pid, None)
     with suppress(OSError):
-        os.unlink(index_path(plan.job.job_id))
-    if not owns_dir:
+        os.unlink(index_path(run.job_id))
+    if not run.owns_dir:
         return
-    result = delete_locked(plan.cfg, plan.job.job_id, log, run_epilog=False)
+    result = delete_locked(plan.cfg, run.job_id, log, run_epilog=False)
     if not result.ok:
-        log("error", f"job {plan.job.job_id}: undo after a failed create left "
+        log("error", f"job {run.job_id}: undo after a failed create left "
             f"{result.summary()}")

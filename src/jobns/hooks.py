@@ -148,13 +148,18 @@ class HookResult:
             return f"timed out after {self.wait or self.duration:g} s ({what})"
         return what
 
-    def as_error(self) -> OperationError:
-        """The OperationError a caller raises when this hook failing must fail the job."""
+    def failure(self) -> str:
+        """Why the script failed and its last output line: the one wording of a failed hook."""
         msg = f"failed: {self.describe()}"
         tail = self.output.strip().splitlines()[-1:] if self.output.strip() else []
         if tail:
             msg += f"; last output line: {tail[0][:200]}"
-        return OperationError(self.hook, msg, path=self.path)
+        return msg
+
+    def as_error(self, step: str | None = None) -> OperationError:
+        """The OperationError a caller raises when this hook failing must fail the job
+        (named after `step`, by default the hook)."""
+        return OperationError(step or self.hook, self.failure(), path=self.path)
 
 
 def _signame(num: int) -> str:
@@ -176,6 +181,21 @@ def hook_env(hook: str, cfg: NodeConfig, job: Job, *, job_dir: str, slurm_conf: 
     ``job_dir`` is ``<J>`` (``<base_path>/<job id>``). ``ns_pid`` is required for
     user_ns_script and ignored otherwise. See the module docstring for the table.
     """
+    env = job_hook_env(hook, cfg.node_name, job, job_dir=job_dir, slurm_conf=slurm_conf)
+    if hook == HOOK_USER_NS:
+        if ns_pid is None:
+            raise ValueError("user_ns_script needs ns_pid (SLURM_NS_PID)")
+        env[NS_PID_VAR] = str(int(ns_pid))
+    return env
+
+
+NS_PID_VAR = "SLURM_NS_PID"
+
+
+def job_hook_env(hook: str, node_name: str, job: Job, *, job_dir: str,
+                 slurm_conf: str | None) -> dict[str, str]:
+    """hook_env without SLURM_NS_PID (known only once the namespace exists): what a plan
+    step carries; the executor adds SLURM_NS_PID for user_ns_script."""
     _check_hook(hook)
     j = job_dir.rstrip("/") or "/"
     ns_dir = os.path.join(j, ".ns")
@@ -183,7 +203,7 @@ def hook_env(hook: str, cfg: NodeConfig, job: Job, *, job_dir: str, slurm_conf: 
     env: dict[str, str] = {"SLURM_JOB_ID": str(job.job_id)}
     if slurm_conf:
         env["SLURM_CONF"] = slurm_conf
-    env["SLURMD_NODENAME"] = cfg.node_name
+    env["SLURMD_NODENAME"] = node_name
     if hook in (HOOK_INIT, HOOK_CLONE_NS):
         env["SLURM_JOB_MOUNTPOINT_SRC"] = os.path.join(j, "." + str(job.job_id))
     if hook != HOOK_EPILOG:
@@ -200,10 +220,6 @@ def hook_env(hook: str, cfg: NodeConfig, job: Job, *, job_dir: str, slurm_conf: 
     if hook in (HOOK_CLONE_NS, HOOK_EPILOG):
         env["SLURM_NS"] = ns_mnt       # Slurm's epilog gets ns_dir here; jobns fixes that
         env["SLURM_NS_DIR"] = ns_dir
-    if hook == HOOK_USER_NS:
-        if ns_pid is None:
-            raise ValueError("user_ns_script needs ns_pid (SLURM_NS_PID)")
-        env["SLURM_NS_PID"] = str(int(ns_pid))
     env["PATH"] = DEFAULT_PATH
     env["JOBNS_HOOK"] = hook
     return env

@@ -50,6 +50,10 @@ MOUNT_FLAG_BY_NAME = {"ro": MS_RDONLY, "nosuid": MS_NOSUID, "nodev": MS_NODEV,
                       "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
                       "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
 
+# propagation names (as in mount(8)) -> mount(2) flags
+PROPAGATION_BY_NAME = {"rprivate": MS_REC | MS_PRIVATE, "rshared": MS_REC | MS_SHARED,
+                       "rslave": MS_REC | MS_SLAVE}
+
 # statvfs(3) f_flag bits that a bind remount must keep: ST_RDONLY, ST_NOSUID, ST_NODEV and
 # ST_NOEXEC equal their MS_ counterparts (the atime bits do not, and are kept by the
 # kernel when the remount names none of them).

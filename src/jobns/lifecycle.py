@@ -19,11 +19,10 @@ from jobns.create import create
 from jobns.delete import DeleteResult, delete, purge_trash
 from jobns.join import (Identity, JobNamespaces, become, exec_in, exit_like, join, open_job,
                         resolve_identity, run, wait_relaying)
-from jobns.plan import JobPaths
+from jobns.plan import RECORD_VERSION, JobPaths
 from jobns.restore import RestoreResult, list_jobs, restore
-from jobns.store import (DEFAULT_RUNTIME_DIR, FAIL_ENV, RECORD_VERSION, RUNTIME_ENV,
-                         STATE_READY, TRASH, ensure_base, index_path, job_lock, pin_inode,
-                         runtime_dir)
+from jobns.store import (DEFAULT_RUNTIME_DIR, FAIL_ENV, RUNTIME_ENV, STATE_READY, TRASH,
+                         ensure_base, index_path, job_lock, pin_inode, runtime_dir)
 
 __all__ = [
     "create", "delete", "purge_trash", "DeleteResult", "restore", "list_jobs", "RestoreResult",

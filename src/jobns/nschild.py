@@ -19,9 +19,9 @@ import select
 import sys
 import time
 from jobns import kernel
-from jobns.config.model import SHM_DIR
+from jobns.config.model import CLONE_NEWUSER
 from jobns.errors import OperationError
-from jobns.plan import Plan, Step
+from jobns.plan import Op, Step
 from jobns.store import fail_point
 from jobns.values import suppress
 
@@ -74,7 +74,9 @@ def reap(pid: int) -> int | None:
         return None
 
 
-def spawn_namespace_child(plan: Plan) -> NamespaceChild:
+def spawn_namespace_child(unshare: Step, steps: tuple[Step, ...], job_id: str) -> NamespaceChild:
+    """Fork the child that performs `unshare` and, once told to go on, `steps` inside the
+    new namespaces."""
     kernel.require_single_threaded("creating a namespace")
     to_child_r, to_child_w = os.pipe()
     from_child_r, from_child_w = os.pipe()
@@ -86,7 +88,8 @@ def spawn_namespace_child(plan: Plan) -> NamespaceChild:
         try:
             os.close(to_child_w)
             os.close(from_child_r)
-            code = _namespace_child(plan, to_child_r, from_child_w, parent_ns_id)
+            code = _namespace_child(unshare, steps, job_id, to_child_r, from_child_w,
+                                    parent_ns_id)
         except BaseException:
             code = 1
         finally:
@@ -101,28 +104,29 @@ def _say(fd: int, **msg) -> None:
     os.write(fd, len(data).to_bytes(4, "little") + data)
 
 
-def _namespace_child(plan: Plan, rfd: int, wfd: int, parent_ns_id: int | None) -> int:
+def _namespace_child(unshare: Step, steps: tuple[Step, ...], job_id: str, rfd: int, wfd: int,
+                     parent_ns_id: int | None) -> int:
     """Runs in the forked child: unshare, wait for the pin, build the mounts, report."""
-    step_name = "unshare"
+    step_name = unshare.name
     path = None
     try:
         flags = 0
-        for name in plan.clone_flags:
+        for name in unshare.flags:
             flags |= kernel.FLAG_BY_NAME[name]
-        if plan.cfg.new_pid:
+        if any(s.kind == Op.INIT for s in steps):
             _load_reaper()
-        fail_point("unshare")
+        fail_point(unshare.name)
         kernel.unshare(flags)
         _order_after(parent_ns_id)
         _say(wfd, event="unshared")
         if os.read(rfd, 1) != b"G":
             return 1
-        init_pid = None
-        for step in plan.in_namespace():
+        run = _NsRun(job_id, CLONE_NEWUSER in unshare.flags)
+        for step in steps:
             step_name, path = step.name, step.path
             fail_point(step.name)
-            init_pid = _ns_step(step, plan) or init_pid
-        _say(wfd, event="ready", init_pid=init_pid)
+            NS_OPS[step.kind](step, run)
+        _say(wfd, event="ready", init_pid=run.init_pid)
         return 0
     except OperationError as e:
         _say(wfd, event="error", step=e.step, path=e.path, errno=e.errno, message=e.message)
@@ -170,61 +174,72 @@ def _peel_mounts(path: str) -> None:
             break
 
 
-def _ns_step(step: Step, plan: Plan) -> int | None:
-    cfg = plan.cfg
-    if step.kind == "propagation":
-        if cfg.shared:
-            kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SHARED)
-            kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_SLAVE)
-        else:
-            kernel.mount(None, "/", None, kernel.MS_REC | kernel.MS_PRIVATE)
-    elif step.kind == "bind":
-        src = step.args["source"]
-        fd = os.open(src, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            kernel.mount(f"/proc/self/fd/{fd}", step.path, None, kernel.MS_BIND)
-        finally:
-            os.close(fd)
-        names = step.args.get("flags")
-        if names:
-            # MS_BIND ignores flags: apply them with a bind remount, keeping the source
-            # mount's ro/nosuid/nodev/noexec (clearing a locked one fails with EPERM).
-            flags = kernel.MS_REMOUNT | kernel.MS_BIND | \
-                (os.statvfs(step.path).f_flag & kernel.ST_LOCKABLE)
-            for name in names:
-                flags |= kernel.MOUNT_FLAG_BY_NAME[name]
-            try:
-                kernel.mount(None, step.path, None, flags)
-            except PermissionError:
-                atime = [n for n in names if n in ("noatime", "nodiratime", "relatime")]
-                if not (atime and cfg.new_user):
-                    raise
-                raise OperationError(step.name, f"{','.join(atime)} cannot be applied: in a "
-                                     "user namespace the kernel locks a bind mount's atime "
-                                     "flags to those of its source", path=step.path,
-                                     errno=errno.EPERM) from None
-    elif step.kind == "shm":
-        _peel_mounts(SHM_DIR)
-        kernel.mount("tmpfs", SHM_DIR, "tmpfs", kernel.MS_NOSUID | kernel.MS_NODEV, "mode=1777")
-    elif step.kind == "tmpfs":
-        if step.args.get("peel"):
-            _peel_mounts(step.path)
-        flags = 0
-        for name in step.args["flags"]:
-            flags |= kernel.MOUNT_FLAG_BY_NAME[name]
-        kernel.mount("tmpfs", step.path, "tmpfs", flags, step.args["data"])
-    elif step.kind == "hide":
-        try:
-            kernel.mount("jobns-hidden", step.path, "tmpfs",
-                         kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC,
-                         "mode=0755,size=4k,nr_inodes=1")
-        except FileNotFoundError:
-            pass   # base_path is not reachable inside the namespace: hidden already
-    elif step.kind == "init":
-        return _start_init(plan)
-    else:
-        raise OperationError(step.name, f"unknown step kind {step.kind}")
-    return None
+class _NsRun:
+    """What the steps inside the namespace share: set by the unshare, read by the ops."""
+
+    __slots__ = ("job_id", "new_user", "init_pid")
+
+    def __init__(self, job_id: str, new_user: bool):
+        self.job_id, self.new_user, self.init_pid = job_id, new_user, None
+
+
+def _mount_flags(names) -> int:
+    flags = 0
+    for name in names:
+        flags |= kernel.MOUNT_FLAG_BY_NAME[name]
+    return flags
+
+
+# ------------------------------------------------------- the ops inside the namespace
+# One function per op (jobns.plan.Op), reading the step's fields only.
+
+def _propagation(step: Step, run: _NsRun) -> None:
+    for name in step.flags:
+        kernel.mount(None, step.path, None, kernel.PROPAGATION_BY_NAME[name])
+
+
+def _bind(step: Step, run: _NsRun) -> None:
+    fd = os.open(step.source, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        kernel.mount(f"/proc/self/fd/{fd}", step.path, None, kernel.MS_BIND)
+    finally:
+        os.close(fd)
+    if not step.flags:
+        return
+    # MS_BIND ignores flags: apply them with a bind remount, keeping the source mount's
+    # ro/nosuid/nodev/noexec (clearing a locked one fails with EPERM).
+    flags = kernel.MS_REMOUNT | kernel.MS_BIND | \
+        (os.statvfs(step.path).f_flag & kernel.ST_LOCKABLE) | _mount_flags(step.flags)
+    try:
+        kernel.mount(None, step.path, None, flags)
+    except PermissionError as e:
+        atime = [n for n in step.flags if n in ("noatime", "nodiratime", "relatime")]
+        if not (atime and run.new_user):
+            raise
+        raise OperationError(step.name, f"{','.join(atime)} cannot be applied: in a user "
+                             "namespace the kernel locks a bind mount's atime flags to "
+                             "those of its source", path=step.path, errno=errno.EPERM) from e
+
+
+def _tmpfs(step: Step, run: _NsRun) -> None:
+    if step.peel:
+        _peel_mounts(step.path)
+    kernel.mount(step.source, step.path, step.fstype, _mount_flags(step.flags), step.data)
+
+
+def _hide(step: Step, run: _NsRun) -> None:
+    try:
+        kernel.mount(step.source, step.path, step.fstype, _mount_flags(step.flags), step.data)
+    except FileNotFoundError:
+        pass   # base_path is not reachable inside the namespace: hidden already
+
+
+def _init(step: Step, run: _NsRun) -> None:
+    run.init_pid = _start_init(step, run.job_id)
+
+
+NS_OPS = {Op.PROPAGATION: _propagation, Op.BIND: _bind, Op.TMPFS: _tmpfs, Op.HIDE: _hide,
+          Op.INIT: _init}
 
 
 def warn_init_oom(pid: int, job_id: str, log) -> None:
@@ -253,16 +268,17 @@ def _load_reaper() -> None:
         _REAPER_CODE = f.read()
 
 
-def _start_init(plan: Plan) -> int:
-    """Fork PID 1 of the new PID namespace: it mounts a fresh /proc and execs the reaper."""
+def _start_init(step: Step, job_id: str) -> int:
+    """Fork PID 1 of the new PID namespace: it mounts a fresh /proc (the step) and execs
+    the reaper."""
     ready_r, ready_w = os.pipe()
     python = getattr(sys, "_base_executable", None) or sys.executable
     pid = os.fork()
     if pid == 0:  # pragma: no cover - PID 1 of the job
         try:
             os.close(ready_r)
-            kernel.mount("proc", "/proc", "proc",
-                         kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC)
+            kernel.mount(step.source, step.path, step.fstype, _mount_flags(step.flags),
+                         step.data)
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 0)
             os.dup2(null, 1)
@@ -275,7 +291,7 @@ def _start_init(plan: Plan) -> int:
             os.setsid()
             os.chdir("/")   # never hold the creator's cwd (a busy mount in the job for ever)
             os.set_inheritable(ready_w, True)
-            os.execv(python, [python, "-I", "-S", "-c", _REAPER_CODE, plan.job.job_id,
+            os.execv(python, [python, "-I", "-S", "-c", _REAPER_CODE, job_id,
                               str(ready_w)])
         except BaseException as e:
             with suppress(Exception):
@@ -296,6 +312,6 @@ def _start_init(plan: Plan) -> int:
             os.kill(pid, kernel.SIGKILL)
         text = answer[1:] if answer[:1] == b"E" else answer
         lines = text.decode(errors="replace").strip().splitlines()
-        raise OperationError("init", "PID 1 did not start: "
-                             + (lines[-1] if lines else f"{python} exited"), path="/proc")
+        raise OperationError(step.name, "PID 1 did not start: "
+                             + (lines[-1] if lines else f"{python} exited"), path=step.path)
     return pid

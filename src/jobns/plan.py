@@ -39,6 +39,7 @@ from jobns.values import Frozen
 
 HOST = "host"
 NS = "ns"
+RECORD_VERSION = 1
 
 
 class JobPaths(Frozen):
@@ -63,28 +64,120 @@ class JobPaths(Frozen):
         return os.path.join(self.src, mangle(target))
 
 
+class Op:
+    """The closed set of step kinds. Each has one executor function (host steps:
+    jobns.create.HOST_OPS; steps inside the namespace: jobns.nschild.NS_OPS) and one line of
+    description (DESCRIBE below), and each reads only the fields listed here."""
+
+    ENSURE_BASE = "ensure_base"     # path (base_path); mode: create it so when missing, else None
+    JOB_DIR = "job_dir"             # path, mode: made exclusively (a stale one is cleaned first)
+    MKDIR = "mkdir"                 # path, mode, owner ((uid, gid), -1 keeps; None: root)
+    PIN_FILE = "pin_file"           # path, mode: the empty file the pin is mounted on
+    HOOK = "hook"                   # hook, path (script), timeout, env
+    UNSHARE = "unshare"             # flags (clone flag names)
+    USER_MAP = "usermap"            # data: written to the child's uid_map and gid_map
+    USER_MAP_HOOK = "usermap_hook"  # as HOOK plus SLURM_NS_PID; the maps must be written
+    PIN = "pin"                     # path: bind mount of the child's /proc/<pid>/ns/mnt
+    PROPAGATION = "propagation"     # path, flags (propagation names, applied in order)
+    BIND = "bind"                   # path, source, flags (then a bind remount with them)
+    TMPFS = "tmpfs"                 # path, source, fstype, flags, data; peel: unmount first
+    HIDE = "hide"                   # as TMPFS without peel; a path missing in the namespace is fine
+    INIT = "init"                   # path, source, fstype, flags: PID 1 mounts it, runs the reaper
+    PID_FILE = "pid_file"           # path: gets the host pid of PID 1
+    RECORD = "record"               # path: the job record
+    INDEX = "index"                 # source: the job dir the runtime index entry points to
+
+    ALL = frozenset((ENSURE_BASE, JOB_DIR, MKDIR, PIN_FILE, HOOK, UNSHARE, USER_MAP,
+                     USER_MAP_HOOK, PIN, PROPAGATION, BIND, TMPFS, HIDE, INIT, PID_FILE, RECORD,
+                     INDEX))
+    IN_NAMESPACE = frozenset((PROPAGATION, BIND, TMPFS, HIDE, INIT))
+    MOUNTS_DIR = frozenset((BIND, TMPFS))     # the job's private dirs
+
+    # the fields of each op shown by Step.args
+    OPERANDS = {MKDIR: ("mode", "owner"), JOB_DIR: ("mode",), ENSURE_BASE: ("mode",),
+                PIN_FILE: ("mode",), HOOK: ("hook", "timeout"), USER_MAP_HOOK: ("hook", "timeout"),
+                UNSHARE: ("flags",), USER_MAP: ("data",), PROPAGATION: ("flags",),
+                BIND: ("source", "flags"), TMPFS: ("data", "flags", "peel"),
+                HIDE: ("source", "fstype", "flags", "data"), INIT: ("source", "fstype", "flags"),
+                INDEX: ("source",), PIN: (), PID_FILE: (), RECORD: ()}
+
+
+def _owner(owner) -> str:
+    if owner is None:
+        return "root"
+    uid, gid = owner
+    return f"{uid}:{'root' if gid == -1 else gid}"
+
+
+# One line per op, from the step's fields only: what `create --dry-run` prints is what runs.
+DESCRIBE = {
+    Op.ENSURE_BASE: lambda s: ("must exist" if s.mode is None else
+                               f"create {s.mode:04o} if missing (auto_base_path)")
+    + "; own private mount",
+    Op.JOB_DIR: lambda s: f"{s.mode:04o} root, exclusive",
+    Op.MKDIR: lambda s: f"{s.mode:04o} {_owner(s.owner)}",
+    Op.PIN_FILE: lambda s: f"empty file {s.mode:04o} for the mount pin",
+    Op.HOOK: lambda s: f"timeout {s.timeout:g} s",
+    Op.USER_MAP_HOOK: lambda s: f"writes uid_map/gid_map, timeout {s.timeout:g} s",
+    Op.UNSHARE: lambda s: "|".join(s.flags),
+    Op.USER_MAP: lambda s: f"uid_map and gid_map: {s.data.strip()}",
+    Op.PIN: lambda s: "bind /proc/<child>/ns/mnt",
+    Op.PROPAGATION: lambda s: " then ".join(s.flags),
+    Op.BIND: lambda s: f"from {s.source}" + (
+        f"; remount {','.join(s.flags)} (+ the source's flags)" if s.flags else ""),
+    Op.TMPFS: lambda s: f"fresh {s.fstype} {','.join(s.flags)} {s.data}"
+    + ("; inherited mounts peeled off first" if s.peel else ""),
+    Op.HIDE: lambda s: f"empty {s.fstype} {','.join(s.flags)} {s.data} (if visible)",
+    Op.INIT: lambda s: f"PID 1 reaper; fresh {s.fstype} {','.join(s.flags)}",
+    Op.PID_FILE: lambda s: "host pid of PID 1",
+    Op.RECORD: lambda s: "what was built",
+    Op.INDEX: lambda s: f"runtime index entry -> {s.source}",
+}
+
+
 class Step(Frozen):
-    """One named action. `name` is stable: errors, logs and failure injection use it."""
+    """One named action: an op from the closed set `Op` and every field its executor reads.
+    `name` is stable: errors, logs and failure injection use it."""
 
     name: str
-    where: str              # HOST or NS
-    kind: str               # what the executor does
+    where: str                      # HOST or NS
+    kind: str                       # an Op
     path: str | None = None
-    detail: str = ""
-    args: dict | None = None
-
-    _nocompare = ("args",)
+    source: str | None = None
+    fstype: str | None = None
+    flags: tuple[str, ...] = ()
+    data: str | None = None
+    mode: int | None = None
+    owner: tuple[int, int] | None = None
+    peel: bool = False
+    hook: str | None = None
+    timeout: float | None = None
+    env: tuple[tuple[str, str], ...] = ()
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
-        object.__setattr__(self, "args", dict(self.args or {}))
+        if self.kind not in Op.ALL:
+            raise ValueError(f"step {self.name}: unknown op {self.kind!r}")
+        if (self.where == NS) != (self.kind in Op.IN_NAMESPACE):
+            raise ValueError(f"step {self.name}: op {self.kind} does not run on the {self.where} side")
+
+    @property
+    def detail(self) -> str:
+        return DESCRIBE[self.kind](self)
+
+    @property
+    def args(self) -> dict:
+        """The op's operands (lists for flags), e.g. for JSON."""
+        return {f: list(v) if f == "flags" else v
+                for f in Op.OPERANDS[self.kind] for v in (getattr(self, f),)}
 
     def describe(self) -> str:
         text = f"[{self.where}] {self.name}"
         if self.path:
             text += f" {self.path}"
-        if self.detail:
-            text += f"  ({self.detail})"
+        detail = self.detail
+        if detail:
+            text += f"  ({detail})"
         return text
 
 
@@ -97,7 +190,7 @@ class Plan(Frozen):
 
     def host_before(self) -> tuple[Step, ...]:
         """Host steps up to and including the unshare."""
-        idx = next(i for i, s in enumerate(self.steps) if s.kind == "unshare")
+        idx = next(i for i, s in enumerate(self.steps) if s.kind == Op.UNSHARE)
         return self.steps[:idx + 1]
 
     def host_between(self) -> tuple[Step, ...]:
@@ -118,13 +211,22 @@ class Plan(Frozen):
 
     def job_dirs(self) -> tuple[str, ...]:
         """The job's private dirs as mounted (dir_confs paths expanded), in order."""
-        return tuple(s.path for s in self.steps
-                     if s.where == NS and s.kind in ("bind", "tmpfs", "shm"))
+        return tuple(s.path for s in self.steps if s.kind in Op.MOUNTS_DIR)
 
     def backing_dirs(self) -> dict[str, str]:
         """Private dir -> its backing directory on the host (bind-mounted dirs only)."""
-        return {s.path: s.args["source"] for s in self.steps
-                if s.where == NS and s.kind == "bind"}
+        return {s.path: s.source for s in self.steps if s.kind == Op.BIND}
+
+    def record(self) -> dict:
+        """The job record's fields known before anything runs (create adds the rest)."""
+        cfg, job = self.cfg, self.job
+        return {
+            "version": RECORD_VERSION, "job_id": job.job_id, "uid": job.uid, "gid": job.gid,
+            "user": job.user, "node": cfg.node_name, "base_path": cfg.base_path,
+            "dirs": list(self.job_dirs()), "backing": self.backing_dirs(),
+            "clone_ns_flags": list(self.clone_flags), "shared": cfg.shared,
+            "config": cfg.source, "env": dict(job.env), "init_pid": None,
+        }
 
     def describe(self) -> str:
         lines = [f"plan for job {self.job.job_id} (user {self.job.user}, uid {self.job.uid}, "
@@ -204,22 +306,27 @@ def _dir_conf_steps(cfg: NodeConfig, job: Job, paths: JobPaths):
             data = tmpfs_data(conf, path, job, name)
             flags = ("nosuid", "nodev") + tuple(f for f in conf.flags
                                                 if f not in ("nosuid", "nodev"))
-            ns.append(Step(name, NS, "tmpfs", path,
-                           f"fresh tmpfs {','.join(flags)} {data}",
-                           {"data": data, "flags": list(flags), "peel": path == SHM_DIR}))
+            ns.append(Step(name, NS, Op.TMPFS, path, source="tmpfs", fstype="tmpfs",
+                           flags=flags, data=data, peel=path == SHM_DIR))
             continue
         if conf.base_path:
             backing = os.path.join(paths.job_dir, mangle(path))
         else:
             backing = paths.backing(path)
-        host.append(Step(f"mkdir-dir:{path}", HOST, "mkdir", backing, f"0700 {job.uid}",
-                         {"mode": 0o700, "owner": (job.uid, -1)}))
-        detail = f"from {backing}"
-        if conf.flags:
-            detail += f"; remount {','.join(conf.flags)} (+ the source's flags)"
-        ns.append(Step(f"bind:{path}", NS, "bind", path, detail,
-                       {"source": backing, "flags": list(conf.flags)}))
+        host.append(Step(f"mkdir-dir:{path}", HOST, Op.MKDIR, backing, mode=0o700,
+                         owner=(job.uid, -1)))
+        ns.append(Step(f"bind:{path}", NS, Op.BIND, path, source=backing,
+                       flags=tuple(conf.flags)))
     return host, ns
+
+
+def _hook_step(name: str, where: str, op: str, hook: str, cfg: NodeConfig, job: Job,
+               paths: JobPaths) -> Step:
+    from jobns import hooks     # only when a hook is configured: it imports more than a create
+    env = hooks.job_hook_env(hook, cfg.node_name, job, job_dir=paths.job_dir,
+                             slurm_conf=job.env.get("SLURM_CONF"))
+    return Step(name, where, op, hooks.hook_path(hook, cfg), hook=hook,
+                timeout=hooks.hook_wait(hook, cfg), env=tuple(env.items()))
 
 
 def build_plan(cfg: NodeConfig, job: Job) -> Plan:
@@ -229,45 +336,45 @@ def build_plan(cfg: NodeConfig, job: Job) -> Plan:
     flags = tuple(cfg.clone_ns_flags)
     steps: list[Step] = []
     add = steps.append
+    owner = (job.uid, -1)
 
-    add(Step("ensure-base", HOST, "ensure_base", cfg.base_path,
-             "create 0755 if auto_base_path; own private mount"))
-    add(Step("mkdir-job", HOST, "mkdir", paths.job_dir, "0700 root",
-             {"mode": 0o700, "owner": None}))
-    add(Step("mkdir-ns", HOST, "mkdir", paths.ns_dir, "0700 root", {"mode": 0o700, "owner": None}))
-    add(Step("pin-file", HOST, "pin_file", paths.pin, "empty file for the mount pin"))
-    add(Step("mkdir-src", HOST, "mkdir", paths.src, f"0700 {job.uid}:root",
-             {"mode": 0o700, "owner": (job.uid, -1)}))
+    add(Step("ensure-base", HOST, Op.ENSURE_BASE, cfg.base_path,
+             mode=0o755 if cfg.auto_base_path else None))
+    add(Step("mkdir-job", HOST, Op.JOB_DIR, paths.job_dir, mode=0o700))
+    add(Step("mkdir-ns", HOST, Op.MKDIR, paths.ns_dir, mode=0o700))
+    add(Step("pin-file", HOST, Op.PIN_FILE, paths.pin, mode=0o400))
+    add(Step("mkdir-src", HOST, Op.MKDIR, paths.src, mode=0o700, owner=owner))
     dir_host, dir_ns = _dir_conf_steps(cfg, job, paths) if cfg.dir_confs else ((), ())
     steps.extend(dir_host)
     for d in (() if cfg.dir_confs else private_dirs(cfg)):
-        add(Step(f"mkdir-dir:{d}", HOST, "mkdir", paths.backing(d), f"0700 {job.uid}",
-                 {"mode": 0o700, "owner": (job.uid, -1)}))
+        add(Step(f"mkdir-dir:{d}", HOST, Op.MKDIR, paths.backing(d), mode=0o700, owner=owner))
     if cfg.init_script:
-        add(Step("init-script", HOST, "hook", cfg.init_script, "timeout 10 s",
-                 {"hook": "init_script"}))
-    add(Step("unshare", HOST, "unshare", None, "|".join(flags)))
+        add(_hook_step("init-script", HOST, Op.HOOK, "init_script", cfg, job, paths))
+    add(Step("unshare", HOST, Op.UNSHARE, flags=flags))
     if cfg.new_user:
         if cfg.user_ns_script:
-            add(Step("user-ns-script", HOST, "hook", cfg.user_ns_script,
-                     "writes uid_map/gid_map, timeout 10 s", {"hook": "user_ns_script"}))
+            add(_hook_step("user-ns-script", HOST, Op.USER_MAP_HOOK, "user_ns_script", cfg,
+                           job, paths))
         else:
-            add(Step("user-map", HOST, "usermap", None, "identity map 0 0 4294967295"))
-    add(Step("pin-mnt", HOST, "pin", paths.pin, "bind /proc/<child>/ns/mnt"))
-    add(Step("propagation", NS, "propagation", "/",
-             "rshared then rslave" if cfg.shared else "rprivate"))
+            add(Step("user-map", HOST, Op.USER_MAP, data="0 0 4294967295\n"))
+    add(Step("pin-mnt", HOST, Op.PIN, paths.pin))
+    add(Step("propagation", NS, Op.PROPAGATION, "/",
+             flags=("rshared", "rslave") if cfg.shared else ("rprivate",)))
     steps.extend(dir_ns)
     for d in (() if cfg.dir_confs else private_dirs(cfg)):
-        add(Step(f"bind:{d}", NS, "bind", d, f"from {paths.backing(d)}",
-                 {"source": paths.backing(d)}))
+        add(Step(f"bind:{d}", NS, Op.BIND, d, source=paths.backing(d)))
     if SHM_DIR in cfg.dirs and not cfg.dir_confs:
-        add(Step(f"tmpfs:{SHM_DIR}", NS, "shm", SHM_DIR, "fresh tmpfs mode=1777,nosuid,nodev"))
-    add(Step("hide-base", NS, "hide", cfg.base_path, "empty read-only tmpfs over base_path"))
+        add(Step(f"tmpfs:{SHM_DIR}", NS, Op.TMPFS, SHM_DIR, source="tmpfs", fstype="tmpfs",
+                 flags=("nosuid", "nodev"), data="mode=1777", peel=True))
+    add(Step("hide-base", NS, Op.HIDE, cfg.base_path, source="jobns-hidden", fstype="tmpfs",
+             flags=("ro", "nosuid", "nodev", "noexec"), data="mode=0755,size=4k,nr_inodes=1"))
     if cfg.new_pid:
-        add(Step("init", NS, "init", "/proc", "PID 1 reaper; fresh /proc"))
-    add(Step("record", HOST, "ready", paths.record, "what was built"))
-    add(Step("index", HOST, "index", None, "runtime index entry"))
+        add(Step("init", NS, Op.INIT, "/proc", source="proc", fstype="proc",
+                 flags=("nosuid", "nodev", "noexec")))
+    if cfg.new_pid:
+        add(Step("pid1", HOST, Op.PID_FILE, paths.pid1))
+    add(Step("record", HOST, Op.RECORD, paths.record))
+    add(Step("index", HOST, Op.INDEX, source=paths.job_dir))
     if cfg.clone_ns_script:
-        add(Step("clone-ns-script", HOST, "hook", cfg.clone_ns_script,
-                 f"timeout {cfg.clone_ns_script_wait} s", {"hook": "clone_ns_script"}))
+        add(_hook_step("clone-ns-script", HOST, Op.HOOK, "clone_ns_script", cfg, job, paths))
     return Plan(cfg=cfg, job=job, paths=paths, clone_flags=flags, steps=tuple(steps))

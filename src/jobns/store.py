@@ -31,7 +31,6 @@ TRASH = ".jobns-trash"
 FAIL_ENV = "JOBNS_TEST_FAIL_STEP"       # failure injection, used by the test suite
 RUNTIME_ENV = "JOBNS_RUNTIME_DIR"
 DEFAULT_RUNTIME_DIR = "/run/jobns"
-RECORD_VERSION = 1
 
 STATE_READY = "ready"
 
@@ -183,13 +182,13 @@ def to_json(obj, level: int = 0) -> str:
     raise TypeError(f"not serialisable in a job record: {type(obj).__name__}")
 
 
-def write_record(paths: JobPaths, record: dict) -> None:
-    tmp = paths.record + ".tmp"
+def write_record(path: str, record: dict) -> None:
+    tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)
     with os.fdopen(fd, "w") as f:
         f.write(to_json(record) + "\n")
-    os.rename(tmp, paths.record)
+    os.rename(tmp, path)
 
 
 def pin_inode(pin: str) -> int | None:
@@ -264,21 +263,28 @@ def ensure_base(cfg: NodeConfig, log=null_log, *, thorough: bool = False) -> str
     Reading the mount table costs ~1 ms per thousand mounts (one per live job), so once
     base_path was found (or made) a private mount, its mount id is remembered in the
     runtime dir and later calls only compare it; `thorough` always reads the table."""
-    base = require_base(cfg)
+    return ensure_base_path(require_base(cfg), 0o755 if cfg.auto_base_path else None, log,
+                            thorough=thorough)
+
+
+def ensure_base_path(base: str, create_mode: int | None, log=null_log, *,
+                     thorough: bool = False) -> str:
+    """ensure_base for a base_path that is created with `create_mode` when missing (None:
+    it must exist). Returns the real path."""
     if not os.path.isabs(base):
         raise OperationError("ensure-base", "base_path must be absolute", path=base)
     if not os.path.isdir(base):
-        if not cfg.auto_base_path:
+        if create_mode is None:
             raise OperationError("ensure-base", "does not exist (create it, or set "
                                  "auto_base_path: true)", path=base, errno=errno.ENOENT)
         old = os.umask(0o022)
         try:
-            os.makedirs(base, mode=0o755, exist_ok=True)
+            os.makedirs(base, mode=create_mode, exist_ok=True)
         except OSError as e:
             raise OperationError.from_oserror("ensure-base", e, base) from None
         finally:
             os.umask(old)
-        log("info", f"created base_path {base} (0755)")
+        log("info", f"created base_path {base} ({create_mode:04o})")
     real = os.path.realpath(base)
     st = os.stat(real)
     if st.st_uid != 0 or st.st_mode & 0o022:
