@@ -69,7 +69,7 @@ import stat
 import sys
 import time
 
-from . import _fsops
+from . import kernel
 from .values import Record
 
 # json, subprocess and threading are imported only when helper workers start: a job's
@@ -158,7 +158,7 @@ def _join(a: str, b: str) -> str:
 class _Walker:
     """Empties directories of one tree; holds counts, failures and the work area."""
 
-    def __init__(self, top_fd: int, top_rel: str, ident: _fsops.StatxResult, *,
+    def __init__(self, top_fd: int, top_rel: str, ident: kernel.StatxResult, *,
                  clear_immutable: bool = False, authoritative: bool = True,
                  may_move: bool = True, skip_prefix: str | None = None,
                  max_depth: int = MAX_DEPTH, keep_top: bool = False):
@@ -179,7 +179,7 @@ class _Walker:
         self.mounts: list[str] = []
         self.count = 0
         self.tick = None  # called every 1024 entries (to add helpers)
-        self.sxbuf = _fsops.statx_buffer()  # this walker's own (one walker per thread)
+        self.sxbuf = kernel.statx_buffer()  # this walker's own (one walker per thread)
         self.wa_fd: int | None = None
         self.wa_name: str | None = None
         self.moved: dict[str, tuple[str | None, str]] = {}
@@ -225,14 +225,14 @@ class _Walker:
         return "/".join([root.base] + parts) if root.base else "/".join(parts)
 
     # ----------------------------------------------------------------- primitives
-    def _same_tree(self, st: _fsops.StatxResult) -> bool:
+    def _same_tree(self, st: kernel.StatxResult) -> bool:
         return st.dev == self.dev and st.mnt_id == self.mnt
 
     def _open_path(self, parent_fd: int, name: str):
         """O_PATH fd of parent_fd/name (never follows, never opens a device) and its statx."""
         pfd = os.open(name, _PATH_FLAGS, dir_fd=parent_fd)
         try:
-            return pfd, _fsops.fstatx(pfd)
+            return pfd, kernel.fstatx(pfd)
         except BaseException:
             os.close(pfd)
             raise
@@ -254,7 +254,7 @@ class _Walker:
                 self._fail(rel, "open", e)
                 return _SKIP
             try:
-                st = _fsops.fstatx(fd, self.sxbuf)
+                st = kernel.fstatx(fd, self.sxbuf)
             except OSError as e:
                 os.close(fd)
                 self._fail(rel, "statx", e)
@@ -310,7 +310,7 @@ class _Walker:
                              check_parent: bool = True) -> str | None:
         """After EPERM on removing parent_fd/name: is the entry or its directory immutable
         or append-only? Clears the flags if allowed (then returns None) else explains."""
-        mask = _fsops.FS_IMMUTABLE_FL | _fsops.FS_APPEND_FL
+        mask = kernel.FS_IMMUTABLE_FL | kernel.FS_APPEND_FL
         found = []
         targets = []
         if check_parent:
@@ -333,14 +333,14 @@ class _Walker:
         try:
             for what, fd in targets:
                 try:
-                    flags = _fsops.get_inode_flags(fd)
+                    flags = kernel.get_inode_flags(fd)
                 except OSError:
                     continue
                 if not flags & mask:
                     continue
                 if self.clear_immutable:
                     try:
-                        _fsops.set_inode_flags(fd, flags & ~mask)
+                        kernel.set_inode_flags(fd, flags & ~mask)
                         continue
                     except OSError as e:
                         found.append(f"{what} is immutable/append-only and clearing failed: "
@@ -605,7 +605,7 @@ class _Walker:
         keep = self._walk(root)
         while self.wa_fd is not None:
             before = self.nmoves
-            wa_ino = _fsops.fstatx(self.wa_fd).ino
+            wa_ino = kernel.fstatx(self.wa_fd).ino
             wroot = self._root(self.wa_fd, base=_join(self.top_rel, self.wa_name), ino=wa_ino,
                                is_wa=True)
             if wroot is None:
@@ -693,7 +693,7 @@ def _helper_main(arg: str) -> None:
     top_fd, ident, part, nparts, skip_prefix = json.loads(arg)
     fd = os.open(".", _DIR_FLAGS, dir_fd=top_fd)  # own description: own readdir position
     os.close(top_fd)
-    w = _Walker(fd, "", _fsops.StatxResult(*ident), authoritative=False, may_move=False,
+    w = _Walker(fd, "", kernel.StatxResult(*ident), authoritative=False, may_move=False,
                 skip_prefix=skip_prefix)
     w.part, w.nparts = part, nparts
     w.empty()
@@ -706,7 +706,7 @@ def _start_helpers(w: _Walker, n: int, helpers: list) -> None:
     if n < 2 or helpers:
         return
     kind = _ThreadHelper if HELPER_KIND == "thread" or not sys.executable else _ProcessHelper
-    ident = _fsops.StatxResult(0, w.top_ino, w.dev, w.mnt)
+    ident = kernel.StatxResult(0, w.top_ino, w.dev, w.mnt)
     for k in range(1, n):
         try:
             helpers.append(kind(w.top_fd, ident, k, n, WORKAREA_PREFIX))
@@ -743,7 +743,7 @@ def _clean(top_fd: int, top_rel: str, report: CleanupReport, workers: int | None
            clear_immutable: bool, keep_top: bool = False) -> bool:
     """Empty the directory open as top_fd (our own fd); True if it is now empty."""
     try:
-        ident = _fsops.fstatx(top_fd)
+        ident = kernel.fstatx(top_fd)
     except OSError as e:
         report.failures.append(CleanupFailure(top_rel or ".", "statx", e.errno or 0,
                                               e.strerror or str(e)))
@@ -811,7 +811,7 @@ def remove_tree(parent_fd: int, name: str, *, workers: int | None = None,
                                               "not a single path component"))
         return report
     try:
-        pst = _fsops.fstatx(parent_fd)
+        pst = kernel.fstatx(parent_fd)
     except OSError as e:
         report.failures.append(CleanupFailure(".", "statx", e.errno or 0, e.strerror or ""))
         return report

@@ -65,7 +65,7 @@ def kill_and_wait(pid: int, pin_ino: int | None, timeout: float = 10.0) -> bool:
     """SIGKILL a process through a pidfd (immune to pid reuse once opened) and wait until
     it has exited. With pin_ino, only a process in that mount namespace is killed."""
     try:
-        pidfd = kernel.pidfd_open(pid)
+        pidfd = os.pidfd_open(pid)
     except OSError:
         return False
     try:

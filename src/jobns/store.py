@@ -244,13 +244,12 @@ def _base_marker(real: str) -> str:
 
 def _base_mount_key(real: str) -> str | None:
     """'<boot id> <mount id of base_path>': what a verified base_path looked like."""
-    from jobns import _fsops
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             boot = f.read().strip()
         fd = os.open(real, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return f"{boot} {_fsops.fstatx(fd).mnt_id}"
+            return f"{boot} {kernel.fstatx(fd).mnt_id}"
         finally:
             os.close(fd)
     except OSError:

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from jobns import _fsops
+from jobns import kernel
 from jobns.cleanup import WORKAREA_PREFIX, CleanupReport, empty_dir, remove_tree
 
 pytestmark = [
@@ -548,7 +548,7 @@ def test_100k_files_in_100_dirs(tmpfs, workers):
 def test_statx_reports_mount_id():
     fd = os.open("/", DIRF)
     try:
-        st = _fsops.fstatx(fd)
+        st = kernel.fstatx(fd)
         ref = os.fstat(fd)
         assert (st.ino, st.dev) == (ref.st_ino, ref.st_dev)
         with open(f"/proc/self/fdinfo/{fd}") as fh:
