@@ -1,5 +1,6 @@
-"""Build the SPANK plugin (against the installed <slurm/spank.h>) and the PAM session
-module (against <security/pam_modules.h>) on the node."""
+"""Build the SPANK plugin (against the installed <slurm/spank.h>), the native
+job_container/namespace plugin (against a configured Slurm source tree) and the PAM
+session module (against <security/pam_modules.h>) on the node."""
 
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ def find_pam_include_dir(explicit: str | None = None) -> str:
 def build(output: str, *, include_dir: str | None = None, cc: str | None = None) -> str:
     """Compile the plugin to `output` (atomically replaced: running slurmstepds keep the
     old file mapped). Returns the compiler's warnings, if any."""
-    return _compile("build-plugin", SOURCE, output, find_include_dir(include_dir),
+    return _compile("build-plugin", SOURCE, output, ["-I", find_include_dir(include_dir)],
                     find_compiler(cc), [])
 
 
@@ -83,11 +84,11 @@ def build_pam(output: str, *, include_dir: str | None = None, cc: str | None = N
         compiler = find_compiler(cc)
     except OperationError as e:
         raise OperationError("build-pam", e.message) from None
-    return _compile("build-pam", PAM_SOURCE, output, inc, compiler, ["-lpam"])
+    return _compile("build-pam", PAM_SOURCE, output, ["-I", inc], compiler, ["-lpam"])
 
 
-def _compile(step: str, source: str, output: str, inc: str, compiler: str,
-             libs: list[str]) -> str:
+def _compile(step: str, source: str, output: str, includes: list[str], compiler: str,
+             extra: list[str]) -> str:
     out_dir = os.path.dirname(os.path.abspath(output))
     os.makedirs(out_dir, mode=0o755, exist_ok=True)
     src = resources.files("jobns.slurm").joinpath(source)
@@ -95,7 +96,7 @@ def _compile(step: str, source: str, output: str, inc: str, compiler: str,
         fd, tmp = tempfile.mkstemp(prefix=f".{os.path.splitext(source)[0]}.", suffix=".so",
                                    dir=out_dir)
         os.close(fd)
-        cmd = [compiler, *CFLAGS, "-I", inc, "-o", tmp, str(src_path), *libs]
+        cmd = [compiler, *CFLAGS, *includes, "-o", tmp, str(src_path), *extra]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -127,3 +128,132 @@ def pam_line(module: str, runtime: str | None = None) -> str:
     if runtime:
         parts.append(f"runtime={runtime}")
     return " ".join(parts)
+
+
+# ---------------------------------------------------------------- native plugins
+
+NATIVE_SOURCE = "jobns_native.c"
+PLUGIN_DIR_CANDIDATES = ("/usr/lib/x86_64-linux-gnu/slurm-wlm", "/usr/lib/aarch64-linux-gnu/slurm-wlm",
+                         "/usr/lib64/slurm", "/usr/lib/slurm", "/usr/local/lib/slurm",
+                         "/opt/slurm/lib/slurm")
+
+
+class SlurmTree:
+    """A configured Slurm source tree: its version and which plugin interface it has."""
+
+    def __init__(self, src: str, build: str, version: str, version_number: int, api: int):
+        self.src, self.build = src, build
+        self.version, self.version_number, self.api = version, version_number, api
+
+    @property
+    def namespace_api(self) -> bool:
+        return self.api >= 2511
+
+    @property
+    def plugin_type(self) -> str:
+        return "namespace/jobns" if self.namespace_api else "job_container/jobns"
+
+    @property
+    def filename(self) -> str:
+        return self.plugin_type.replace("/", "_") + ".so"
+
+    @property
+    def conf_key(self) -> str:
+        return "NamespaceType" if self.namespace_api else "JobContainerType"
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
+def interface_api(src: str) -> int:
+    """Which variant of the job_container/namespace interface the tree declares (the
+    JOBNS_API values of jobns_native.c), read from its interface header."""
+    ns_h = os.path.join(src, "src", "interfaces", "namespace.h")
+    jc_h = os.path.join(src, "src", "interfaces", "job_container.h")
+    old_h = os.path.join(src, "src", "slurmd", "common", "job_container_plugin.h")
+    if os.path.isfile(ns_h):
+        text = " ".join(_read(ns_h).split())
+        return 2605 if "namespace_g_stepd_delete(stepd_step_rec_t" in text else 2511
+    if os.path.isfile(jc_h):
+        text = " ".join(_read(jc_h).split())
+        if "container_g_join(slurm_step_id_t" in text:
+            return 2411
+        if "container_g_create(" not in text:
+            return 2405
+        return 2302
+    if os.path.isfile(old_h):
+        return 2205
+    raise OperationError("build-plugin", f"{src} has neither src/interfaces/namespace.h, "
+                         "src/interfaces/job_container.h nor "
+                         "src/slurmd/common/job_container_plugin.h: not a Slurm source tree "
+                         "of 22.05 or later")
+
+
+def slurm_tree(src: str, build_dir: str | None = None) -> SlurmTree:
+    src = os.path.abspath(src)
+    if not os.path.isfile(os.path.join(src, "slurm", "spank.h")) or \
+            not os.path.isdir(os.path.join(src, "src", "slurmd")):
+        raise OperationError("build-plugin", f"{src} is not a Slurm source tree "
+                             "(no slurm/spank.h and src/slurmd)")
+    build = os.path.abspath(build_dir) if build_dir else src
+    config_h = os.path.join(build, "config.h")
+    version_h = os.path.join(build, "slurm", "slurm_version.h")
+    for path in (config_h, version_h):
+        if not os.path.isfile(path):
+            raise OperationError("build-plugin", f"{path} does not exist: the tree is not "
+                                 "configured (run its ./configure with the options the "
+                                 "installed Slurm was built with, or pass --slurm-build, the "
+                                 "directory configure ran in)")
+    text = _read(version_h)
+    number = None
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[:2] == ["#define", "SLURM_VERSION_NUMBER"]:
+            try:
+                number = int(parts[2], 0)
+            except ValueError:
+                pass
+    if number is None:
+        raise OperationError("build-plugin", f"{version_h}: no SLURM_VERSION_NUMBER")
+    version = f"{number >> 16}.{(number >> 8) & 0xff:02d}.{number & 0xff}"
+    return SlurmTree(src, build, version, number, interface_api(src))
+
+
+def slurm_plugin_dir(explicit: str | None = None) -> str | None:
+    """Where the installed Slurm keeps its plugins: --slurm-plugin-dir, slurm.conf's
+    PluginDir, else the first usual directory that holds Slurm plugins."""
+    if explicit:
+        return os.path.abspath(explicit)
+    from jobns.slurm.live import _conf_lines
+    conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
+    for line in _conf_lines(conf):
+        key, _, value = line.partition("=")
+        if key.strip().lower() == "plugindir" and value.strip():
+            return value.strip()
+    for d in PLUGIN_DIR_CANDIDATES:
+        if os.path.isfile(os.path.join(d, "select_cons_tres.so")) or \
+                os.path.isfile(os.path.join(d, "auth_munge.so")):
+            return d
+    return None
+
+
+def _c_string(value: str, what: str) -> str:
+    if any(c in value for c in '"\\\n') or not value.isprintable():
+        raise UsageError(f"{what} {value!r}: cannot be compiled into the plugin "
+                         "(quotes, backslashes or control characters)")
+    return f'"{value}"'
+
+
+def build_native(output: str, tree: SlurmTree, *, jobns: str, config: str | None,
+                 runtime: str, cc: str | None = None) -> str:
+    """Compile jobns_native.c against `tree` into `output` (atomically replaced).
+    Returns the compiler's warnings, if any."""
+    defines = [f"-DJOBNS_API={tree.api}",
+               f"-DJOBNS_EXE={_c_string(jobns, 'jobns path')}",
+               f"-DJOBNS_CONFIG={_c_string(config or '', 'config path')}",
+               f"-DJOBNS_RUNTIME={_c_string(runtime, 'runtime dir')}"]
+    includes = ["-I", tree.build] + (["-I", tree.src] if tree.src != tree.build else [])
+    return _compile("build-plugin", NATIVE_SOURCE, output, includes, find_compiler(cc),
+                    defines)

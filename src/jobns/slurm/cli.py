@@ -4,7 +4,8 @@
   epilog        delete them (Epilog= script or SPANK job_epilog)
   restore       at slurmd start: delete namespaces of jobs with no live slurmstepd
   live-jobs     print the jobs that have a live slurmstepd on this node
-  build-plugin  compile the SPANK plugin and print its plugstack.conf line
+  build-plugin  compile the SPANK plugin and print its plugstack.conf line; with --native
+                the job_container/namespace plugin and its slurm.conf lines
   build-pam     compile the PAM session module (ssh into a job) and print its pam.d line
   write-scripts write Prolog/Epilog wrapper scripts for slurm.conf
 
@@ -123,6 +124,10 @@ def _output(args, filename: str) -> str:
 
 
 def cmd_build_plugin(args, ctx) -> int:
+    if args.native:
+        return _build_native(args, ctx)
+    if args.slurm_src or args.slurm_build or args.slurm_plugin_dir:
+        raise UsageError("--slurm-src, --slurm-build and --slurm-plugin-dir go with --native")
     from jobns.slurm import build
     output = _output(args, build.PLUGIN)
     jobns_exe = os.path.abspath(args.jobns) if args.jobns else build.default_jobns()
@@ -138,6 +143,45 @@ def cmd_build_plugin(args, ctx) -> int:
           "slurm.conf) and set PrologFlags=Contain in slurm.conf:")
     print(build.plugstack_line(output, jobns_exe, config=config_path,
                                runtime=args.runtime, prolog=not args.no_prolog))
+    return 0
+
+
+def _build_native(args, ctx) -> int:
+    from jobns.slurm import build
+    if not args.slurm_src:
+        raise UsageError("--native needs --slurm-src DIR (the configured Slurm source tree "
+                         "of the installed version)")
+    if args.include_dir or args.no_prolog:
+        raise UsageError("--include-dir and --no-prolog are for the SPANK plugin, not --native")
+    tree = build.slurm_tree(args.slurm_src, args.slurm_build)
+    output = _output(args, tree.filename)
+    if os.path.basename(output) != tree.filename:
+        raise UsageError(f"--output {output}: Slurm loads {tree.plugin_type} only from a file "
+                         f"named {tree.filename}")
+    jobns_exe = os.path.abspath(args.jobns) if args.jobns else build.default_jobns()
+    config_path = os.path.abspath(ctx.config_path) if ctx.config_path else None
+    runtime = os.path.abspath(args.runtime or runtime_dir())
+    for value, what in ((output, "plugin path"), (jobns_exe, "jobns path"),
+                        (config_path or "", "config path"), (runtime, "runtime dir")):
+        _no_space(value, what, "slurm.conf")
+    warnings = build.build_native(output, tree, jobns=jobns_exe, config=config_path,
+                                  runtime=runtime, cc=args.cc)
+    if warnings:
+        ctx.log("warning", f"compiler output:\n{warnings}")
+    slurm_dir = build.slurm_plugin_dir(args.slurm_plugin_dir)
+    here = os.path.dirname(output)
+    print(f"built {output} ({tree.plugin_type} for Slurm {tree.version})")
+    print("set in slurm.conf on every node and the controller (and remove jobns_spank.so from "
+          "plugstack.conf), then restart slurmctld and slurmd:")
+    print(f"{tree.conf_key}={tree.plugin_type}")
+    print("PrologFlags=Contain")
+    if slurm_dir is None:
+        print(f"PluginDir=<Slurm's plugin directory>:{here}")
+        ctx.log("warning", "Slurm's plugin directory was not found; pass --slurm-plugin-dir")
+    elif slurm_dir.split(":")[-1] != here and here not in slurm_dir.split(":"):
+        print(f"PluginDir={slurm_dir}:{here}")
+    else:
+        print(f"PluginDir={slurm_dir}")
     return 0
 
 
@@ -197,9 +241,21 @@ def _parser() -> argparse.ArgumentParser:
                                             "/etc/slurm/slurm.conf)")
         s.set_defaults(func=func)
 
-    s = sub.add_parser("build-plugin", help="compile the SPANK plugin against slurm/spank.h")
-    s.add_argument("--prefix", help="install to PREFIX/lib/jobns/jobns_spank.so "
+    s = sub.add_parser("build-plugin", help="compile the SPANK plugin against slurm/spank.h, "
+                                            "or with --native the job_container/namespace "
+                                            "plugin against a Slurm source tree")
+    s.add_argument("--prefix", help="install to PREFIX/lib/jobns/jobns_spank.so (--native: "
+                                    "job_container_jobns.so or namespace_jobns.so) "
                                     "(default: this installation's prefix)")
+    s.add_argument("--native", action="store_true",
+                   help="build job_container/jobns (Slurm 22.05-25.05) or namespace/jobns "
+                        "(25.11+), whichever the tree has, and print the slurm.conf lines")
+    s.add_argument("--slurm-src", help="--native: the installed Slurm's configured source tree")
+    s.add_argument("--slurm-build", help="--native: where its configure ran, if not in the "
+                                         "source tree (holds config.h)")
+    s.add_argument("--slurm-plugin-dir", help="--native: Slurm's own plugin directory, for "
+                                              "the PluginDir line (default: slurm.conf's, or "
+                                              "found)")
     s.add_argument("--output", help="exact path of the .so to write")
     s.add_argument("--include-dir", help="directory that holds slurm/spank.h")
     s.add_argument("--cc", help="C compiler (default: $CC, cc, gcc)")

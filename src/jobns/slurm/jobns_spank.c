@@ -50,6 +50,7 @@
 #include <sys/wait.h>
 #include <linux/nsfs.h>
 #include <slurm/spank.h>
+#include "jobns_run.h"
 
 SPANK_PLUGIN(jobns, 1);
 
@@ -58,9 +59,6 @@ SPANK_PLUGIN(jobns, 1);
 #endif
 #ifndef SYS_pidfd_send_signal
 #define SYS_pidfd_send_signal 424
-#endif
-#ifndef SYS_close_range
-#define SYS_close_range 436
 #endif
 #ifndef NS_GET_USERNS
 #define NS_GET_USERNS 0xb701
@@ -80,9 +78,6 @@ SPANK_PLUGIN(jobns, 1);
 
 #define STEP_EXTERN 0xfffffffcU		/* SLURM_EXTERN_CONT */
 #define DEFAULT_RUNTIME "/run/jobns"
-#define OUTPUT_MAX 16384
-
-extern char **environ;
 
 static struct {
 	char jobns[PATH_MAX];
@@ -161,202 +156,22 @@ static int parse_args(int ac, char **av)
 	return rc ? -1 : 0;
 }
 
+/* The jobns command line of this plugin's arguments. */
+static const struct jobns_cmd *cmd(void)
+{
+	static struct jobns_cmd c;
+
+	c.jobns = opt.jobns;
+	c.config = opt.config;
+	c.runtime = opt.runtime;
+	return &c;
+}
+
 static void close_fd(int *fd)
 {
 	if (*fd >= 0) {
 		close(*fd);
 		*fd = -1;
-	}
-}
-
-/* ---------------------------------------------------------------- running jobns */
-
-/* Copy the child's output into the slurmd log, one line at a time. */
-static void log_output(int fd, uint32_t job, int failed)
-{
-	char buf[OUTPUT_MAX + 1], *line, *save = NULL;
-	ssize_t n, got = 0;
-
-	if (lseek(fd, 0, SEEK_SET) < 0)
-		return;
-	while (got < OUTPUT_MAX) {
-		n = read(fd, buf + got, OUTPUT_MAX - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += n;
-	}
-	buf[got] = '\0';
-	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		/* jobns' own lines already say "jobns: job N: ..." */
-		int own = !strncmp(line, "jobns: ", 7);
-
-		if (failed && own)
-			slurm_error("%s", line);
-		else if (failed)
-			slurm_error("jobns: job %u: %s", job, line);
-		else if (own)
-			slurm_info("%s", line);
-		else
-			slurm_info("jobns: job %u: %s", job, line);
-	}
-}
-
-static void child_close_fds(void)
-{
-	if (syscall(SYS_close_range, 3U, ~0U, 0U) < 0) {
-		long max = sysconf(_SC_OPEN_MAX);
-		for (long fd = 3; fd < (max > 0 ? max : 1024); fd++)
-			close((int) fd);
-	}
-}
-
-/*
- * Run `jobns [--config F] [--node N] slurm ACTION` with the current environment plus
- * JOBNS_RUNTIME_DIR (and SLURM_CONF when given), wait for it and log its output.
- * Returns 0 when it exited 0, -1 otherwise.
- */
-static int run_jobns(const char *action, uint32_t job, const char *node,
-		     const char *slurm_conf)
-{
-	char *argv[10], **envp;
-	char env_runtime[PATH_MAX + 32], env_conf[PATH_MAX + 16];
-	size_t n_env = 0, i, k = 0;
-	int out, status, a = 0, rc = -1;
-	pid_t pid, w;
-
-	argv[a++] = opt.jobns;
-	if (opt.config[0]) {
-		argv[a++] = "--config";
-		argv[a++] = opt.config;
-	}
-	if (node && node[0]) {
-		argv[a++] = "--node";
-		argv[a++] = (char *) node;
-	}
-	argv[a++] = "slurm";
-	argv[a++] = (char *) action;
-	argv[a] = NULL;
-
-	while (environ && environ[n_env])
-		n_env++;
-	if (!(envp = calloc(n_env + 3, sizeof(char *)))) {
-		slurm_error("jobns: job %u: %s: out of memory", job, action);
-		return -1;
-	}
-	snprintf(env_runtime, sizeof(env_runtime), "JOBNS_RUNTIME_DIR=%s", opt.runtime);
-	envp[k++] = env_runtime;
-	if (slurm_conf && slurm_conf[0]) {
-		snprintf(env_conf, sizeof(env_conf), "SLURM_CONF=%s", slurm_conf);
-		envp[k++] = env_conf;
-	}
-	for (i = 0; i < n_env; i++) {
-		if (!strncmp(environ[i], "JOBNS_RUNTIME_DIR=", 18))
-			continue;
-		if (slurm_conf && slurm_conf[0] && !strncmp(environ[i], "SLURM_CONF=", 11))
-			continue;
-		envp[k++] = environ[i];
-	}
-	envp[k] = NULL;
-
-	/* Output goes to an anonymous file, not a pipe: a long-lived process started by
-	 * jobns (a PID namespace's init) may inherit it, and we must not wait for EOF. */
-	out = memfd_create("jobns-output", MFD_CLOEXEC);
-	if (out < 0) {
-		slurm_error("jobns: job %u: %s: memfd_create: %s", job, action, strerror(errno));
-		free(envp);
-		return -1;
-	}
-
-	pid = fork();
-	if (pid < 0) {
-		slurm_error("jobns: job %u: %s: fork: %s", job, action, strerror(errno));
-		close(out);
-		free(envp);
-		return -1;
-	}
-	if (pid == 0) {
-		sigset_t none;
-		/* slurmd may have started us with fds 0-2 closed: move the output file out of
-		 * the way before filling 0-2, so that no dup2() is a no-op that keeps
-		 * FD_CLOEXEC on a standard descriptor. */
-		int o = fcntl(out, F_DUPFD, 10);
-		int devnull = open("/dev/null", O_RDONLY);
-
-		if (o < 0 || devnull < 0 || dup2(devnull, STDIN_FILENO) < 0 ||
-		    dup2(o, STDOUT_FILENO) < 0 || dup2(o, STDERR_FILENO) < 0)
-			_exit(126);
-		child_close_fds();
-		for (int s = 1; s < NSIG; s++)
-			if (s != SIGKILL && s != SIGSTOP)
-				signal(s, SIG_DFL);
-		sigemptyset(&none);
-		sigprocmask(SIG_SETMASK, &none, NULL);
-		execve(argv[0], argv, envp);
-		dprintf(STDERR_FILENO, "cannot execute %s: %s\n", argv[0], strerror(errno));
-		_exit(127);
-	}
-	free(envp);
-
-	do {
-		w = waitpid(pid, &status, 0);
-	} while (w < 0 && errno == EINTR);
-
-	if (w < 0) {
-		slurm_error("jobns: job %u: %s: waitpid(%d): %s", job, action, (int) pid,
-			    strerror(errno));
-		log_output(out, job, 1);
-	} else if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
-		log_output(out, job, 0);
-		rc = 0;
-	} else {
-		log_output(out, job, 1);
-		if (WIFEXITED(status))
-			slurm_error("jobns: job %u: `%s slurm %s` failed with exit code %d",
-				    job, opt.jobns, action, WEXITSTATUS(status));
-		else
-			slurm_error("jobns: job %u: `%s slurm %s` killed by signal %d",
-				    job, opt.jobns, action, WTERMSIG(status));
-	}
-	close(out);
-	return rc;
-}
-
-/* slurmd's own command line: -f FILE and -N NAME (getopt short options only). */
-static void slurmd_cmdline(char *conf, size_t conf_len, char *node, size_t node_len)
-{
-	char buf[8192];
-	ssize_t n = 0, r;
-	int fd = open("/proc/self/cmdline", O_RDONLY | O_CLOEXEC);
-
-	conf[0] = node[0] = '\0';
-	if (fd < 0)
-		return;
-	while (n < (ssize_t) sizeof(buf) - 1 &&
-	       (r = read(fd, buf + n, sizeof(buf) - 1 - n)) > 0)
-		n += r;
-	close(fd);
-	buf[n] = '\0';
-	for (char *p = buf; p < buf + n; p += strlen(p) + 1) {
-		char *next = p + strlen(p) + 1;
-		char *val = NULL, *dst = NULL;
-		size_t len = 0;
-
-		if (!strncmp(p, "-f", 2)) {
-			dst = conf;
-			len = conf_len;
-		} else if (!strncmp(p, "-N", 2)) {
-			dst = node;
-			len = node_len;
-		} else
-			continue;
-		if (p[2])
-			val = p + 2;
-		else if (next < buf + n)
-			val = next;
-		if (val && strlen(val) < len)
-			strcpy(dst, val);
 	}
 }
 
@@ -514,9 +329,9 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 
 		if (!opt.restore)
 			return 0;
-		slurmd_cmdline(conf, sizeof(conf), node, sizeof(node));
+		jobns_slurmd_cmdline(conf, sizeof(conf), node, sizeof(node));
 		/* A failed restore must not keep slurmd from starting: it is logged. */
-		(void) run_jobns("restore", 0, node, conf);
+		(void) jobns_run(cmd(), "restore", 0, node, conf, NULL, NULL);
 		return 0;
 	}
 
@@ -541,7 +356,7 @@ static int job_script(spank_t sp, int ac, char **av, const char *what)
 		return 0;
 	if (spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS)
 		job = 0;
-	return run_jobns(what, job, NULL, NULL);
+	return jobns_run(cmd(), what, job, NULL, NULL, NULL, NULL);
 }
 
 int slurm_spank_job_prolog(spank_t sp, int ac, char **av)

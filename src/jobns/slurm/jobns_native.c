@@ -1,0 +1,620 @@
+/*
+ * jobns_native.c - jobns as Slurm's own job-container layer (built by
+ * `jobns slurm build-plugin --native --slurm-src DIR`).
+ *
+ * One source for two plugin interfaces, compiled against the site's configured Slurm
+ * source tree (the plugin must carry that Slurm's version number and read its step
+ * records):
+ *   job_container/jobns  JobContainerType=job_container/jobns   Slurm 22.05 .. 25.05
+ *   namespace/jobns      NamespaceType=namespace/jobns          Slurm 25.11 ..
+ * JOBNS_API (set by the build from the tree's interface headers) selects the variant:
+ *   2205  container_p_create/add_cont/delete/reconfig, stepd_create(job, uid)
+ *   2302  + send_stepd/recv_stepd, stepd_create(job, step record)
+ *   2405  the seven remaining container_p_* calls
+ *   2411  container_p_join(step id, uid, step_create)
+ *   2511  namespace_p_*, stepd_delete(step id)
+ *   2605  namespace_p_*, stepd_delete(step record)
+ *
+ * Like the SPANK plugin it holds no namespace logic:
+ *   create   (stepd_create, in the job's extern slurmstepd, before any SPANK plugin
+ *             runs for the job)   -> `jobns slurm prolog`, the job read from the step
+ *   delete   (stepd_delete, extern slurmstepd, after every other step has ended and
+ *             after all SPANK epilogs)  -> `jobns slurm epilog`
+ *   restore  (slurmd start)       -> `jobns slurm restore --spool-dir <SlurmdSpoolDir>`
+ * all through jobns_run() (jobns_run.h), the job-start path the SPANK plugin uses.
+ *   join     open the job's pin <runtime>/jobs/<J>/.ns/mnt and setns: PID (children
+ *            only), USER, MNT.  Slurm calls it in single-threaded forked children: the
+ *            task before exec, TaskProlog/TaskEpilog, the sbcast writer in slurmd, x11
+ *            and, from 24.11 on, slurmd's child that execs a step's slurmstepd, so the
+ *            whole step (SPANK plugins included) runs inside the job's namespaces.
+ *   join_external  the pin fds pam_slurm_adopt receives (REQUEST_GET_NS_FD(S)).
+ *
+ * Before 24.11 the task is forked by slurmstepd before the join, so it cannot be born
+ * in the job's PID namespace: a job with a PID namespace is refused there (the SPANK
+ * route gives it), never run half isolated.
+ *
+ * The jobns executable, its config file and runtime dir are fixed at build time
+ * (JOBNS_EXE, JOBNS_CONFIG, JOBNS_RUNTIME): job_container plugins take no arguments.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pwd.h>
+#include <sched.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <linux/nsfs.h>
+
+#include "config.h"
+#include "slurm/slurm.h"
+#include "slurm/slurm_errno.h"
+#include "src/common/slurm_xlator.h"
+#include "src/slurmd/slurmd/slurmd.h"
+#if JOBNS_API >= 2302
+#include "src/slurmd/slurmstepd/slurmstepd_job.h"
+#endif
+#if JOBNS_API >= 2511
+#include "src/common/list.h"
+#include "src/common/xmalloc.h"
+#endif
+
+/* slurm_error(), slurm_info() and slurm_debug(): libslurm's logging (log.h, also what
+ * the SPANK API exports; jobns_run.h uses the first two) */
+#include "jobns_run.h"
+
+#ifndef JOBNS_API
+#error "JOBNS_API is not set (build with jobns slurm build-plugin --native)"
+#endif
+#if !defined(JOBNS_EXE) || !defined(JOBNS_RUNTIME) || !defined(JOBNS_CONFIG)
+#error "JOBNS_EXE, JOBNS_CONFIG and JOBNS_RUNTIME must be defined by the build"
+#endif
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+#ifndef NS_GET_USERNS
+#define NS_GET_USERNS 0xb701
+#endif
+#ifndef NS_GET_NSTYPE
+#define NS_GET_NSTYPE 0xb703
+#endif
+
+#if JOBNS_API >= 2511
+const char plugin_name[] = "jobns namespace plugin";
+const char plugin_type[] = "namespace/jobns";
+#else
+const char plugin_name[] = "jobns job_container plugin";
+const char plugin_type[] = "job_container/jobns";
+#endif
+const uint32_t plugin_version = SLURM_VERSION_NUMBER;
+
+/* slurmd's (and slurmstepd's) configuration: the node name */
+extern slurmd_conf_t *conf __attribute__((weak));
+
+/* Marks a process (and the slurmstepd it execs) that joined the job at step creation:
+ * inside the job's mount namespace the pin is not visible, so later joins recognise
+ * "already inside" by this and the namespace's inode, never by a missing pin. */
+#define JOINED_ENV "JOBNS_NATIVE_JOINED"
+
+static const struct jobns_cmd jobns_cmd = { JOBNS_EXE, JOBNS_CONFIG, JOBNS_RUNTIME };
+
+/* The job's namespaces, opened once in the extern slurmstepd for join_external. */
+static uint32_t ext_job;
+static int ext_mnt = -1, ext_user = -1, ext_pid = -1;
+
+struct job_ns {
+	int mnt, user, pid;	/* nsfs fds (pid: /proc/<PID 1>/ns/pid), -1 if none */
+	ino_t mnt_ino;
+};
+
+static void close_fd(int *fd)
+{
+	if (*fd >= 0) {
+		close(*fd);
+		*fd = -1;
+	}
+}
+
+static void close_ns(struct job_ns *ns)
+{
+	close_fd(&ns->mnt);
+	close_fd(&ns->user);
+	close_fd(&ns->pid);
+}
+
+static const char *node_name(void)
+{
+	if (&conf && conf && conf->node_name && conf->node_name[0])
+		return conf->node_name;
+	return NULL;
+}
+
+static int disabled_on_node(void)
+{
+	char path[PATH_MAX];
+
+	if (snprintf(path, sizeof(path), "%s/slurm-disabled", JOBNS_RUNTIME) >= (int) sizeof(path))
+		return 0;
+	return access(path, F_OK) == 0;
+}
+
+static int job_path(char *buf, size_t len, uint32_t job, const char *leaf)
+{
+	int n = snprintf(buf, len, "%s/jobs/%u/.ns/%s", JOBNS_RUNTIME, job, leaf);
+
+	return (n < 0 || (size_t) n >= len) ? -1 : 0;
+}
+
+static int same_ns(int fd, const char *proc)
+{
+	struct stat a, b;
+
+	return fstat(fd, &a) == 0 && stat(proc, &b) == 0 &&
+	       a.st_ino == b.st_ino && a.st_dev == b.st_dev;
+}
+
+/* The job's PID namespace: its PID 1 is named in .ns/pid1 and must live in the job's
+ * mount namespace; the nsfs file is opened while a pidfd holds that process. */
+static int open_pid_ns(uint32_t job, struct job_ns *ns)
+{
+	char path[PATH_MAX], buf[32], proc[64];
+	struct stat st;
+	ssize_t n;
+	long pid;
+	char *end;
+	int fd, pfd, ok;
+
+	if (job_path(path, sizeof(path), job, "pid1") < 0)
+		return -1;
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return 0;	/* no PID namespace for this job */
+		slurm_error("jobns: job %u: open %s: %s", job, path, strerror(errno));
+		return -1;
+	}
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0) {
+		slurm_error("jobns: job %u: %s is empty or unreadable", job, path);
+		return -1;
+	}
+	buf[n] = '\0';
+	errno = 0;
+	pid = strtol(buf, &end, 10);
+	if (errno || pid <= 1 || pid > INT_MAX || (*end && *end != '\n')) {
+		slurm_error("jobns: job %u: %s does not hold a process id", job, path);
+		return -1;
+	}
+	pfd = (int) syscall(SYS_pidfd_open, (pid_t) pid, 0U);
+	if (pfd < 0) {
+		slurm_error("jobns: job %u: PID 1 of the job's PID namespace (pid %ld) is gone: %s",
+			    job, pid, strerror(errno));
+		return -1;
+	}
+	snprintf(proc, sizeof(proc), "/proc/%ld/ns/pid", pid);
+	ns->pid = open(proc, O_RDONLY | O_CLOEXEC);
+	snprintf(proc, sizeof(proc), "/proc/%ld/ns/mnt", pid);
+	ok = ns->pid >= 0 && stat(proc, &st) == 0 && st.st_ino == ns->mnt_ino &&
+	     syscall(SYS_pidfd_send_signal, pfd, 0, NULL, 0U) == 0;
+	close(pfd);
+	if (!ok) {
+		slurm_error("jobns: job %u: pid %ld is not the job's PID 1 (not in its mount namespace)",
+			    job, pid);
+		close_fd(&ns->pid);
+		return -1;
+	}
+	return 0;
+}
+
+/*
+ * Open the job's namespaces from the host's mount namespace.  Returns 1 when the job
+ * has none because jobns is disabled on this node, 0 when opened, -1 on error.
+ */
+static int open_job(uint32_t job, struct job_ns *ns)
+{
+	char path[PATH_MAX];
+	struct stat st, own;
+	int fd;
+
+	ns->mnt = ns->user = ns->pid = -1;
+	if (job_path(path, sizeof(path), job, "mnt") < 0) {
+		slurm_error("jobns: job %u: runtime path too long", job);
+		return -1;
+	}
+	ns->mnt = open(path, O_RDONLY | O_CLOEXEC);
+	if (ns->mnt < 0) {
+		if (errno == ENOENT && disabled_on_node()) {
+			debug("jobns: job %u: jobns is disabled on this node", job);
+			return 1;
+		}
+		slurm_error("jobns: job %u: cannot open the job's namespace %s: %s (did the job's extern step create it? PrologFlags=Contain is required)",
+			    job, path, strerror(errno));
+		return -1;
+	}
+	if (ioctl(ns->mnt, NS_GET_NSTYPE) != CLONE_NEWNS || fstat(ns->mnt, &st) < 0) {
+		slurm_error("jobns: job %u: %s is not a mount namespace pin", job, path);
+		close_ns(ns);
+		return -1;
+	}
+	ns->mnt_ino = st.st_ino;
+	fd = ioctl(ns->mnt, NS_GET_USERNS);
+	if (fd < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || fstat(fd, &st) < 0 ||
+	    stat("/proc/self/ns/user", &own) < 0) {
+		slurm_error("jobns: job %u: the job's user namespace: %s", job, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		close_ns(ns);
+		return -1;
+	}
+	if (st.st_ino == own.st_ino && st.st_dev == own.st_dev)
+		close(fd);	/* the job has no user namespace of its own */
+	else
+		ns->user = fd;
+	if (open_pid_ns(job, ns) < 0) {
+		close_ns(ns);
+		return -1;
+	}
+	return 0;
+}
+
+/* This process joined the job at step creation (and is still in its namespace). */
+static int joined_at_step_create(uint32_t job)
+{
+	const char *v = getenv(JOINED_ENV);
+	unsigned long long ino;
+	unsigned int j;
+	struct stat st;
+
+	if (!v || sscanf(v, "%u:%llu", &j, &ino) != 2 || j != job)
+		return 0;
+	return stat("/proc/self/ns/mnt", &st) == 0 && (unsigned long long) st.st_ino == ino;
+}
+
+/*
+ * Move the calling (single-threaded, root) process into the job's namespaces: PID
+ * (its later children), USER, MNT.  `whole_step`: slurmd's child that execs the step's
+ * slurmstepd (24.11+); the tasks are then forked inside the job's PID namespace.
+ */
+static int join_job(uint32_t job, bool whole_step)
+{
+	struct job_ns ns;
+	char mark[64];
+	int rc, pid_refused = 0;
+
+	if (job == 0)
+		return SLURM_SUCCESS;	/* not a job: a script of slurmd's own */
+	if (joined_at_step_create(job))
+		return SLURM_SUCCESS;
+	rc = open_job(job, &ns);
+	if (rc)
+		return rc > 0 ? SLURM_SUCCESS : SLURM_ERROR;
+	if (same_ns(ns.mnt, "/proc/self/ns/mnt")) {
+		close_ns(&ns);
+		return SLURM_SUCCESS;
+	}
+#if JOBNS_API < 2411
+	/* The caller is already forked: it cannot be born in the PID namespace.  It still
+	 * joins the others (a caller that ignores the error, like Slurm's TaskEpilog,
+	 * runs inside them), and the error fails the task. */
+	(void) whole_step;
+	pid_refused = ns.pid >= 0;
+	close_fd(&ns.pid);
+#endif
+	if (ns.pid >= 0 && setns(ns.pid, CLONE_NEWPID) < 0) {
+		slurm_error("jobns: job %u: setns(PID namespace): %s", job, strerror(errno));
+		close_ns(&ns);
+		return SLURM_ERROR;
+	}
+	if (ns.user >= 0 && setns(ns.user, CLONE_NEWUSER) < 0) {
+		slurm_error("jobns: job %u: setns(user namespace): %s", job, strerror(errno));
+		close_ns(&ns);
+		return SLURM_ERROR;
+	}
+	if (setns(ns.mnt, CLONE_NEWNS) < 0) {
+		slurm_error("jobns: job %u: setns(mount namespace): %s", job, strerror(errno));
+		close_ns(&ns);
+		return SLURM_ERROR;
+	}
+	if (whole_step) {
+		snprintf(mark, sizeof(mark), "%u:%llu", job, (unsigned long long) ns.mnt_ino);
+		if (setenv(JOINED_ENV, mark, 1) < 0) {
+			slurm_error("jobns: job %u: setenv: %s", job, strerror(errno));
+			close_ns(&ns);
+			return SLURM_ERROR;
+		}
+	}
+	close_ns(&ns);
+	if (pid_refused) {
+		slurm_error("jobns: job %u: the job has a PID namespace (clone_ns_flags CLONE_NEWPID), which job_container/jobns cannot give tasks before Slurm 24.11: use the SPANK plugin for such jobs",
+			    job);
+		return SLURM_ERROR;
+	}
+	return SLURM_SUCCESS;
+}
+
+/* The job's namespaces for an adopted process (pam_slurm_adopt), opened once by the
+ * extern slurmstepd, which runs in the host's mount namespace. */
+static int open_external(uint32_t job)
+{
+	struct job_ns ns;
+	int rc;
+
+	if (ext_mnt >= 0 && ext_job == job)
+		return 0;
+	close_fd(&ext_mnt);
+	close_fd(&ext_user);
+	close_fd(&ext_pid);
+	rc = open_job(job, &ns);
+	if (rc)
+		return rc > 0 ? 1 : -1;
+	ext_job = job;
+	ext_mnt = ns.mnt;
+	ext_user = ns.user;
+	ext_pid = ns.pid;
+	return 0;
+}
+
+/* ------------------------------------------------------------ create, delete, restore */
+
+static int create_job(uint32_t job, uid_t uid, gid_t gid, const char *user)
+{
+	char e_job[48], e_uid[48], e_gid[48], e_user[300], e_node[300];
+	char *env[8];
+	const char *node = node_name();
+	int n = 0;
+
+	snprintf(e_job, sizeof(e_job), "SLURM_JOB_ID=%u", job);
+	snprintf(e_uid, sizeof(e_uid), "SLURM_JOB_UID=%u", (unsigned) uid);
+	snprintf(e_gid, sizeof(e_gid), "SLURM_JOB_GID=%u", (unsigned) gid);
+	env[n++] = e_job;
+	env[n++] = e_uid;
+	env[n++] = e_gid;
+	if (user && user[0] && strlen(user) < 256) {
+		snprintf(e_user, sizeof(e_user), "SLURM_JOB_USER=%s", user);
+		env[n++] = e_user;
+	}
+	if (node && strlen(node) < 256) {
+		snprintf(e_node, sizeof(e_node), "SLURMD_NODENAME=%s", node);
+		env[n++] = e_node;
+	}
+	env[n] = NULL;
+	return jobns_run(&jobns_cmd, "prolog", job, node, slurm_conf.slurm_conf, env, NULL)
+		? SLURM_ERROR : SLURM_SUCCESS;
+}
+
+static int delete_job(uint32_t job)
+{
+	char e_job[48];
+	char *env[2] = { e_job, NULL };
+
+	close_fd(&ext_mnt);
+	close_fd(&ext_user);
+	close_fd(&ext_pid);
+	snprintf(e_job, sizeof(e_job), "SLURM_JOB_ID=%u", job);
+	return jobns_run(&jobns_cmd, "epilog", job, node_name(), slurm_conf.slurm_conf, env,
+			 NULL) ? SLURM_ERROR : SLURM_SUCCESS;
+}
+
+static int restore_node(const char *spool_dir)
+{
+	char conf_path[PATH_MAX], node[256];
+	char *args[3] = { "--spool-dir", (char *) spool_dir, NULL };
+	const char *name = node_name();
+
+	jobns_slurmd_cmdline(conf_path, sizeof(conf_path), node, sizeof(node));
+	if (!name)
+		name = node;
+	/* A failed restore is logged; slurmd keeps running (Slurm logs the error too). */
+	return jobns_run(&jobns_cmd, "restore", 0, name,
+			 slurm_conf.slurm_conf ? slurm_conf.slurm_conf : conf_path, NULL,
+			 spool_dir && spool_dir[0] ? args : NULL) ? SLURM_ERROR : SLURM_SUCCESS;
+}
+
+#if JOBNS_API < 2302
+static int create_for_uid(uint32_t job, uid_t uid)
+{
+	struct passwd pw, *res = NULL;
+	char buf[4096];
+
+	if (getpwuid_r(uid, &pw, buf, sizeof(buf), &res) || !res) {
+		slurm_error("jobns: job %u: uid %u has no passwd entry", job, (unsigned) uid);
+		return SLURM_ERROR;
+	}
+	return create_job(job, uid, pw.pw_gid, pw.pw_name);
+}
+#endif
+
+/* ------------------------------------------------------------ the plugin interface */
+
+extern int init(void)
+{
+	return SLURM_SUCCESS;
+}
+
+extern int fini(void)
+{
+	close_fd(&ext_mnt);
+	close_fd(&ext_user);
+	close_fd(&ext_pid);
+	return SLURM_SUCCESS;
+}
+
+#if JOBNS_API < 2511	/* ------------------------------ job_container (22.05 .. 25.05) */
+
+extern int container_p_restore(char *dir_name, bool recover)
+{
+	(void) recover;
+	return restore_node(dir_name);
+}
+
+#if JOBNS_API < 2302
+extern int container_p_stepd_create(uint32_t job_id, uid_t uid)
+{
+	return create_for_uid(job_id, uid);
+}
+#else
+extern int container_p_stepd_create(uint32_t job_id, stepd_step_rec_t *step)
+{
+	return create_job(job_id, step->uid, step->gid, step->user_name);
+}
+#endif
+
+extern int container_p_stepd_delete(uint32_t job_id)
+{
+	return delete_job(job_id);
+}
+
+#if JOBNS_API < 2411
+extern int container_p_join(uint32_t job_id, uid_t uid)
+{
+	(void) uid;
+	return join_job(job_id, false);
+}
+#else
+extern int container_p_join(slurm_step_id_t *step_id, uid_t uid, bool step_create)
+{
+	(void) uid;
+	return join_job(step_id->job_id, step_create);
+}
+#endif
+
+extern int container_p_join_external(uint32_t job_id)
+{
+	return open_external(job_id) == 0 ? ext_mnt : -1;
+}
+
+#if JOBNS_API < 2405
+extern int container_p_create(uint32_t job_id, uid_t uid)
+{
+	(void) job_id;
+	(void) uid;
+	return SLURM_SUCCESS;	/* the extern step creates it (stepd_create) */
+}
+
+extern int container_p_add_cont(uint32_t job_id, uint64_t cont_id)
+{
+	(void) job_id;
+	(void) cont_id;
+	return SLURM_SUCCESS;
+}
+
+extern int container_p_delete(uint32_t job_id)
+{
+	(void) job_id;
+	return SLURM_SUCCESS;	/* the extern step deletes it (stepd_delete) */
+}
+
+extern void container_p_reconfig(void)
+{
+}
+#endif
+
+#if JOBNS_API >= 2302
+extern int container_p_send_stepd(int fd)
+{
+	(void) fd;
+	return SLURM_SUCCESS;	/* nothing to send: the configuration is jobns' */
+}
+
+extern int container_p_recv_stepd(int fd)
+{
+	(void) fd;
+	return SLURM_SUCCESS;
+}
+#endif
+
+#else	/* ------------------------------------------------------ namespace (25.11 ..) */
+
+extern int namespace_p_restore(char *dir_name, bool recover)
+{
+	(void) recover;
+	return restore_node(dir_name);
+}
+
+extern int namespace_p_stepd_create(stepd_step_rec_t *step)
+{
+	return create_job(step->step_id.job_id, step->uid, step->gid, step->user_name);
+}
+
+#if JOBNS_API >= 2605
+extern int namespace_p_stepd_delete(stepd_step_rec_t *step)
+{
+	return delete_job(step->step_id.job_id);
+}
+#else
+extern int namespace_p_stepd_delete(slurm_step_id_t *step_id)
+{
+	return delete_job(step_id->job_id);
+}
+#endif
+
+extern int namespace_p_join(slurm_step_id_t *step_id, uid_t uid, bool step_create)
+{
+	(void) uid;
+	return join_job(step_id->job_id, step_create);
+}
+
+static void add_fd(list_t *map, int type, int fd)
+{
+	ns_fd_map_t *entry = xmalloc(sizeof(*entry));
+
+	entry->type = type;
+	entry->fd = fd;
+	list_append(map, entry);
+}
+
+/* PID, USER, MNT: the order in which pam_slurm_adopt joins them. */
+extern int namespace_p_join_external(slurm_step_id_t *step_id, list_t *fd_map)
+{
+	int rc = open_external(step_id->job_id);
+
+	if (rc < 0)
+		return -1;
+	if (rc > 0)
+		return 0;
+	if (ext_pid >= 0)
+		add_fd(fd_map, CLONE_NEWPID, ext_pid);
+	if (ext_user >= 0)
+		add_fd(fd_map, CLONE_NEWUSER, ext_user);
+	add_fd(fd_map, CLONE_NEWNS, ext_mnt);
+	return list_count(fd_map);
+}
+
+extern int namespace_p_send_stepd(int fd)
+{
+	(void) fd;
+	return SLURM_SUCCESS;
+}
+
+extern int namespace_p_recv_stepd(int fd)
+{
+	(void) fd;
+	return SLURM_SUCCESS;
+}
+
+extern bool namespace_p_can_bpf(stepd_step_rec_t *step)
+{
+	(void) step;
+	return false;
+}
+
+extern int namespace_p_setup_bpf_token(stepd_step_rec_t *step)
+{
+	(void) step;
+	return SLURM_SUCCESS;
+}
+
+#endif

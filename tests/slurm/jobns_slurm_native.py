@@ -1,0 +1,191 @@
+"""The native route in the Slurm test fixture: a configured Slurm source tree of the
+installed version, `jobns slurm build-plugin --native` against it, and a cluster that runs
+with JobContainerType=job_container/jobns (NamespaceType=namespace/jobns on 25.11+)
+instead of the SPANK plugstack.
+
+Source trees come from Debian's source packages, fetched with apt-get through a private
+apt configuration (deb-src entries and package lists of its own under CACHE; the
+system's apt sources are not touched), unpacked with dpkg-source and configured with
+Debian's options, once per version: later runs reuse CACHE/<version>/{tree,build}.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import signal
+import subprocess
+
+import jobns_slurm_cluster as jsc
+
+CACHE = os.environ.get("JOBNS_SLURM_SRC_CACHE", "/var/cache/jobns-test/slurm-src")
+APT_DIR = os.path.join(os.path.dirname(CACHE.rstrip("/")), "apt-src")
+SUITES = {"bookworm": ("http://deb.debian.org/debian", "bookworm"),
+          "bookworm-security": ("http://deb.debian.org/debian-security", "bookworm-security"),
+          "trixie": ("http://deb.debian.org/debian", "trixie"),
+          "trixie-security": ("http://deb.debian.org/debian-security", "trixie-security"),
+          "sid": ("http://deb.debian.org/debian", "sid")}
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+# Debian's configure options for slurm-wlm that shape the structures a plugin reads.
+CONFIGURE = ("--sysconfdir=/etc/slurm", "--enable-multiple-slurmd", "--disable-debug",
+             "--without-rpath", "-q")
+
+
+class SourceUnavailable(Exception):
+    """The source of this Slurm version cannot be had here (a reason to skip)."""
+
+
+def installed_version(admindir: str | None = None) -> str:
+    """Debian version of the installed slurmd (e.g. 22.05.8-4+deb12u3)."""
+    argv = ["dpkg-query", "-W", "-f=${Version}", "slurmd"]
+    if admindir:
+        argv.insert(1, f"--admindir={admindir}")
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise SourceUnavailable(f"slurmd is not installed ({r.stderr.strip()})")
+    return r.stdout.strip()
+
+
+def _apt_options() -> list[str]:
+    return [f"-o=Dir::Etc::SourceList={APT_DIR}/sources.list",
+            f"-o=Dir::Etc::SourceParts={APT_DIR}/sources.list.d",
+            f"-o=Dir::State::Lists={APT_DIR}/lists",
+            f"-o=Dir::Etc::Preferences={APT_DIR}/preferences",
+            f"-o=Dir::Etc::PreferencesParts={APT_DIR}/preferences.d",
+            "-o=APT::Sandbox::User=root"]
+
+
+def _apt_update() -> None:
+    for d in ("lists/partial", "sources.list.d", "preferences.d"):
+        os.makedirs(os.path.join(APT_DIR, d), exist_ok=True)
+    with open(os.path.join(APT_DIR, "sources.list"), "w"):
+        pass
+    entries = []
+    for uri, suite in SUITES.values():
+        entries.append(f"Types: deb-src\nURIs: {uri}\nSuites: {suite}\nComponents: main\n"
+                       f"Signed-By: {KEYRING}\n")
+    with open(os.path.join(APT_DIR, "sources.list.d", "jobns-test-src.sources"), "w") as f:
+        f.write("\n".join(entries))
+    stamp = os.path.join(APT_DIR, "updated")
+    r = subprocess.run(["apt-get", *_apt_options(), "-q", "update"], capture_output=True,
+                       text=True, timeout=600)
+    if r.returncode != 0 and not os.path.exists(stamp):
+        raise SourceUnavailable(f"apt-get update (deb-src) failed: {r.stderr[-400:]}")
+    with open(stamp, "w"):
+        pass
+
+
+def _download(deb_version: str, into: str) -> str:
+    """The .dsc of slurm-wlm=deb_version in `into` (apt-get source --download-only)."""
+    dsc = os.path.join(into, f"slurm-wlm_{deb_version.split(':')[-1]}.dsc")
+    if os.path.isfile(dsc):
+        return dsc
+    os.makedirs(into, exist_ok=True)
+    last = ""
+    for attempt in range(2):
+        if attempt or not os.path.isdir(os.path.join(APT_DIR, "lists")):
+            _apt_update()
+        r = subprocess.run(["apt-get", *_apt_options(), "-q", "source", "--download-only",
+                            f"slurm-wlm={deb_version}"], cwd=into, capture_output=True,
+                           text=True, timeout=900)
+        if r.returncode == 0 and os.path.isfile(dsc):
+            return dsc
+        last = (r.stderr or r.stdout)[-600:]
+    raise SourceUnavailable(f"apt-get source slurm-wlm={deb_version} failed: {last}")
+
+
+def source_tree(deb_version: str) -> tuple[str, str]:
+    """(source tree, configured build dir) of Debian's slurm-wlm `deb_version`, made
+    once and cached under CACHE/<deb_version>."""
+    top = os.path.join(CACHE, deb_version)
+    tree, build = os.path.join(top, "tree"), os.path.join(top, "build")
+    done = os.path.join(top, "configured")
+    os.makedirs(top, exist_ok=True)
+    with open(os.path.join(top, ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if os.path.exists(done):
+            return tree, build
+        dsc = _download(deb_version, top)
+        for d in (tree, build):
+            if os.path.isdir(d):
+                shutil.rmtree(d)
+        r = subprocess.run(["dpkg-source", "--no-check", "-x", dsc, tree], cwd=top,
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise SourceUnavailable(f"dpkg-source -x {dsc} failed: {r.stderr[-400:]}")
+        os.makedirs(build)
+        r = subprocess.run(["nice", os.path.join(tree, "configure"), *CONFIGURE], cwd=build,
+                           capture_output=True, text=True, timeout=1200)
+        if r.returncode != 0:
+            raise RuntimeError(f"configure of Slurm {deb_version} failed:\n{r.stderr[-2000:]}")
+        with open(done, "w") as f:
+            f.write(deb_version + "\n")
+    return tree, build
+
+
+# ------------------------------------------------------------------ the cluster
+
+def build_native(cluster: jsc.Cluster, tree: str, build: str) -> tuple[str, list[str]]:
+    """Build the native plugin into <root>/lib/jobns; returns build-plugin's output and
+    the slurm.conf lines it printed."""
+    r = subprocess.run([cluster.jobns, "--config", cluster.ns_yaml, "slurm", "build-plugin",
+                        "--native", "--slurm-src", tree, "--slurm-build", build,
+                        "--prefix", cluster.root, "--jobns", cluster.jobns,
+                        "--runtime", cluster.runtime],
+                       capture_output=True, text=True, env=cluster.env)
+    if r.returncode != 0:
+        raise RuntimeError(f"jobns slurm build-plugin --native failed:\n{r.stdout}{r.stderr}")
+    lines = [ln for ln in r.stdout.splitlines()
+             if ln.split("=", 1)[0] in ("JobContainerType", "NamespaceType", "PrologFlags",
+                                        "PluginDir")]
+    return r.stdout + r.stderr, lines
+
+
+def _stop_slurmctld(cluster: jsc.Cluster) -> None:
+    pid = cluster.pid_of("slurmctld")
+    if pid:
+        os.kill(pid, signal.SIGTERM)
+        if not jsc._wait_gone(pid, 30):
+            os.kill(pid, signal.SIGKILL)
+            jsc._wait_gone(pid, 5)
+
+
+def _rewrite_conf(cluster: jsc.Cluster, native_lines: list[str], extra: tuple[str, ...]) -> None:
+    """The fixture's slurm.conf with the job-container line replaced by the native ones."""
+    cluster.write_slurm_conf(extra)
+    with open(cluster.conf) as f:
+        lines = f.read().splitlines()
+    keys = {ln.split("=", 1)[0] for ln in native_lines}
+    out = [ln for ln in lines if ln.split("=", 1)[0] not in keys | {"JobContainerType"}]
+    out += native_lines
+    with open(cluster.conf, "w") as f:
+        f.write("\n".join(out) + "\n")
+
+
+def restart_all(cluster: jsc.Cluster) -> None:
+    cluster.stop_slurmd()
+    _stop_slurmctld(cluster)
+    cluster.start_slurmctld()
+    cluster.start_slurmd()
+    if cluster.node_state() != "idle":
+        cluster.resume()
+    cluster.wait_idle()
+
+
+def use_native(cluster: jsc.Cluster, native_lines: list[str], *, plugstack: str = "",
+               extra: tuple[str, ...] = ()) -> None:
+    """Run the cluster with the native plugin; plugstack.conf gets `plugstack` (other
+    SPANK plugins, not jobns')."""
+    _rewrite_conf(cluster, native_lines, extra)
+    with open(cluster.plugstack, "w") as f:
+        f.write(plugstack)
+    os.chmod(cluster.plugstack, 0o644)
+    restart_all(cluster)
+
+
+def use_spank(cluster: jsc.Cluster) -> None:
+    """Back to the fixture's own setup (SPANK plugin, job_container/none)."""
+    cluster.write_slurm_conf()
+    cluster.build_plugin()
+    restart_all(cluster)

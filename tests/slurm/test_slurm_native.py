@@ -1,0 +1,229 @@
+"""The native route on a real Slurm: JobContainerType=job_container/jobns (built by
+`jobns slurm build-plugin --native` against the installed version's source tree) instead
+of the SPANK plugin, and what it gives that the SPANK route cannot:
+
+* sbcast and `srun --bcast=/tmp/...` write into the job's private /tmp (slurmd joins the
+  job for them), nothing lands on the host;
+* TaskEpilog runs inside the job's namespace;
+* other SPANK plugins' task hooks see the job's namespace whatever their plugstack order
+  (the namespace exists before any SPANK callback of the job and is joined before them).
+
+The module switches the session cluster to the native route and back to the SPANK
+plugin at its end.  The source tree comes from Debian's source package (see
+jobns_slurm_native.py); without a package registry the module is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import jobns_slurm_native as jsn
+
+pytestmark = pytest.mark.slurm
+
+ALICE = "jobns-alice"
+
+PROBE = r"""
+/* SPANK probe: logs "<hook> <job>.<step> <mount namespace inode>" for each callback. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/stat.h>
+#include <slurm/spank.h>
+
+SPANK_PLUGIN(jobnsprobe, 1);
+
+static void note(spank_t sp, int ac, char **av, const char *hook)
+{
+	uint32_t job = 0, step = 0;
+	struct stat st;
+	char line[256];
+	int fd, n;
+
+	if (spank_context() != S_CTX_REMOTE || ac < 1)
+		return;
+	spank_get_item(sp, S_JOB_ID, &job);
+	spank_get_item(sp, S_JOB_STEPID, &step);
+	if (stat("/proc/self/ns/mnt", &st) < 0)
+		return;
+	n = snprintf(line, sizeof(line), "%s %u.%u %lu\n", hook, job, step,
+		     (unsigned long) st.st_ino);
+	fd = open(av[0], O_WRONLY | O_APPEND | O_CLOEXEC);
+	if (fd >= 0) {
+		if (write(fd, line, n) != n)
+			;
+		close(fd);
+	}
+}
+
+#define HOOK(name) int slurm_spank_##name(spank_t sp, int ac, char **av) \
+	{ note(sp, ac, av, #name); return 0; }
+HOOK(init)
+HOOK(user_init)
+HOOK(task_init_privileged)
+HOOK(task_init)
+HOOK(task_post_fork)
+HOOK(task_exit)
+"""
+
+
+@pytest.fixture(scope="module")
+def native(slurm, tmp_path_factory):
+    """The session cluster on the native route, with TaskEpilog and a SPANK probe."""
+    try:
+        tree, build = jsn.source_tree(jsn.installed_version())
+    except jsn.SourceUnavailable as e:
+        pytest.skip(f"no Slurm source tree for the native plugin: {e}")
+    output, lines = jsn.build_native(slurm, tree, build)
+    assert any(ln.startswith(("JobContainerType=", "NamespaceType=")) for ln in lines), output
+    probe_dir = os.path.join(slurm.root, "probe")
+    os.makedirs(probe_dir, exist_ok=True)
+    os.chmod(probe_dir, 0o1777)
+    probe_log = os.path.join(probe_dir, "spank.log")
+    probe_so = os.path.join(slurm.lib, "jobnsprobe.so")
+    src = tmp_path_factory.mktemp("probe") / "probe.c"
+    src.write_text(PROBE)
+    subprocess.run([shutil.which("cc") or "gcc", "-shared", "-fPIC", "-O2", "-I", build,
+                    "-I", tree, "-o", probe_so, str(src)], check=True)
+    task_epilog = os.path.join(slurm.scripts, "task-epilog")
+    with open(task_epilog, "w") as f:
+        f.write("#!/bin/sh\n"
+                "# TaskEpilog of the native-route tests: what the task left in /tmp\n"
+                f"out={probe_dir}/task-epilog.$SLURM_JOB_ID.$SLURM_STEP_ID\n"
+                "{ cat /tmp/jobns-native-marker 2>&1; stat -c %U /tmp; "
+                "stat -L -c %i /proc/self/ns/mnt 2>&1; } > $out.tmp; mv $out.tmp $out\n")
+    os.chmod(task_epilog, 0o755)
+    with open(probe_log, "w"):
+        pass
+    os.chmod(probe_log, 0o666)
+    jsn.use_native(slurm, lines, plugstack=f"required {probe_so} {probe_log}\n",
+                   extra=(f"TaskEpilog={task_epilog}",))
+    slurm.probe_dir, slurm.probe_log = probe_dir, probe_log
+    try:
+        yield slurm
+    finally:
+        jsn.use_spank(slurm)
+
+
+@pytest.fixture
+def ncluster(native):
+    native.set_namespace_config()
+    native.wait_idle()
+    yield native
+    native.set_namespace_config()
+    jobs = native.cmd(["squeue", "-h", "-o", "%i"]).stdout.split()
+    if jobs:
+        native.cmd(["scancel", *jobs])
+    if native.node_state().startswith(("drain", "down")):
+        native.resume()
+
+
+def _job_ids_in_base(cluster) -> list[str]:
+    base = cluster.effective_base()
+    return sorted(n for n in os.listdir(base) if n.isdigit()) if os.path.isdir(base) else []
+
+
+def test_native_job_gets_private_tmp_and_is_removed(ncluster):
+    r = ncluster.srun(ALICE, ["sh", "-c", "ls -A /tmp; stat -c '%U %a' /tmp; "
+                                          "findmnt -n -o FSTYPE /dev/shm; "
+                                          "echo $SLURM_JOB_ID"])
+    assert r.returncode == 0, r.stderr + ncluster.log_tail()
+    out = r.stdout.splitlines()
+    assert out[0] == f"{ALICE} 700", r.stdout      # nothing in /tmp, the job's own dir
+    assert out[1] == "tmpfs", r.stdout
+    job = out[2]
+    # The extern step's stepd_delete ran `jobns slurm epilog`.
+    ncluster.wait_idle()
+    ncluster.wait_until(lambda: job not in _job_ids_in_base(ncluster), 30,
+                        f"job {job}'s directory to go")
+    assert f"job {job}" in ncluster.slurmd_log()
+
+
+def test_sbcast_lands_in_the_private_tmp(ncluster):
+    src = os.path.join(ncluster.probe_dir, "sbcast-source")
+    with open(src, "w") as f:
+        f.write("broadcast content\n")
+    os.chmod(src, 0o644)
+    out = os.path.join(ncluster.probe_dir, "sbcast.out")
+    script = (f"sbcast {src} /tmp/jobns-sbcast-file\n"
+              "srun cat /tmp/jobns-sbcast-file\n"
+              "srun stat -c '%U' /tmp/jobns-sbcast-file\n")
+    r = ncluster.as_user(ALICE, ["sbatch", "--wait", "-o", out], input="#!/bin/bash\n" + script,
+                         timeout=120)
+    assert r.returncode == 0, r.stderr + open(out).read() if os.path.exists(out) else r.stderr
+    with open(out) as f:
+        lines = f.read().splitlines()
+    assert lines[:2] == ["broadcast content", ALICE], lines
+    assert not os.path.exists("/tmp/jobns-sbcast-file"), "sbcast wrote to the host's /tmp"
+
+
+def test_srun_bcast_to_tmp_runs_the_copy(ncluster):
+    assert not os.path.exists("/tmp/jobns-bcast-exe")
+    r = ncluster.srun(ALICE, ["/bin/echo", "bcast ran"], "--bcast=/tmp/jobns-bcast-exe")
+    assert r.returncode == 0, r.stderr + ncluster.log_tail()
+    assert r.stdout.strip() == "bcast ran"
+    assert not os.path.exists("/tmp/jobns-bcast-exe"), "--bcast wrote to the host's /tmp"
+
+
+def test_task_epilog_runs_inside_the_job(ncluster):
+    r = ncluster.srun(ALICE, ["sh", "-c", "echo left-by-the-task > /tmp/jobns-native-marker; "
+                                          "stat -L -c %i /proc/self/ns/mnt; echo $SLURM_JOB_ID"])
+    assert r.returncode == 0, r.stderr
+    task_ns, job = r.stdout.split()
+    path = os.path.join(ncluster.probe_dir, f"task-epilog.{job}.0")
+    ncluster.wait_until(lambda: os.path.exists(path), 30, "the TaskEpilog's output")
+    with open(path) as f:
+        lines = f.read().splitlines()
+    assert lines == ["left-by-the-task", ALICE, task_ns], lines
+    assert not os.path.exists("/tmp/jobns-native-marker")
+
+
+def test_spank_task_hooks_see_the_namespace(ncluster):
+    with open(ncluster.probe_log, "w"):
+        pass
+    r = ncluster.srun(ALICE, ["sh", "-c", "stat -L -c %i /proc/self/ns/mnt; echo $SLURM_JOB_ID"])
+    assert r.returncode == 0, r.stderr
+    task_ns, job = r.stdout.split()
+    host_ns = str(os.stat("/proc/self/ns/mnt").st_ino)
+    assert task_ns != host_ns
+    seen = {}
+    with open(ncluster.probe_log) as f:
+        for line in f:
+            hook, step, ino = line.split()
+            if step == f"{job}.0":
+                seen[hook] = ino
+    # The probe is the only plugin in plugstack.conf: the namespace is joined by Slurm
+    # before the task's SPANK callbacks, not by a plugin that must come first.
+    assert seen.get("task_init_privileged") == task_ns, seen
+    assert seen.get("task_init") == task_ns, seen
+
+
+def test_pid_namespace_before_24_11_is_refused_not_half_isolated(ncluster):
+    tree, build = jsn.source_tree(jsn.installed_version())
+    from jobns.slurm import build as jbuild
+    if jbuild.slurm_tree(tree, build).api >= 2411:
+        pytest.skip("Slurm 24.11+: the native route gives tasks the job's PID namespace")
+    ncluster.set_namespace_config(clone_ns_flags=["CLONE_NEWPID"])
+    before = set(os.listdir(ncluster.probe_dir))
+    r = ncluster.srun(ALICE, ["sh", "-c", "echo ran; echo $SLURM_JOB_ID"], timeout=60)
+    assert r.returncode != 0 and "ran" not in r.stdout, \
+        "a task ran outside the job's PID namespace"
+    assert "cannot give tasks before Slurm 24.11" in ncluster.slurmd_log()
+    # Slurm runs the TaskEpilog even when the join failed: it still ran in the job's
+    # mount namespace, not the host's.
+    def epilogs():
+        return [n for n in set(os.listdir(ncluster.probe_dir)) - before
+                if n.startswith("task-epilog.") and n.endswith(".0")]
+    ncluster.wait_until(epilogs, 30, "the TaskEpilog's output")
+    new = epilogs()
+    assert len(new) == 1, new
+    with open(os.path.join(ncluster.probe_dir, new[0])) as f:
+        lines = f.read().splitlines()
+    assert lines[1] == ALICE, lines     # the job's /tmp, not the host's (root's)
