@@ -36,6 +36,12 @@ class SourceUnavailable(Exception):
     """The source of this Slurm version cannot be had here (a reason to skip)."""
 
 
+def node_version(cluster: jsc.Cluster) -> str:
+    """Debian version of the cluster node's slurmd (the host's or its Debian tree's)."""
+    tree = getattr(cluster, "tree", None)
+    return installed_version(os.path.join(tree, "var/lib/dpkg") if tree else None)
+
+
 def installed_version(admindir: str | None = None) -> str:
     """Debian version of the installed slurmd (e.g. 22.05.8-4+deb12u3)."""
     argv = ["dpkg-query", "-W", "-f=${Version}", "slurmd"]
@@ -129,7 +135,9 @@ def source_tree(deb_version: str) -> tuple[str, str]:
 def build_native(cluster: jsc.Cluster, tree: str, build: str) -> tuple[str, list[str]]:
     """Build the native plugin into <root>/lib/jobns; returns build-plugin's output and
     the slurm.conf lines it printed."""
-    r = subprocess.run([cluster.jobns, "--config", cluster.ns_yaml, "slurm", "build-plugin",
+    # Built on this host (a plugin compiled here loads in the newer Debian trees too)
+    # with this checkout's jobns, naming the node's jobns, config and runtime dir.
+    r = subprocess.run([jsc.default_jobns(), "--config", cluster.ns_yaml, "slurm", "build-plugin",
                         "--native", "--slurm-src", tree, "--slurm-build", build,
                         "--prefix", cluster.root, "--jobns", cluster.jobns,
                         "--runtime", cluster.runtime],

@@ -78,10 +78,12 @@ HOOK(task_exit)
 def native(slurm, tmp_path_factory):
     """The session cluster on the native route, with TaskEpilog and a SPANK probe."""
     try:
-        tree, build = jsn.source_tree(jsn.installed_version())
+        tree, build = jsn.source_tree(jsn.node_version(slurm))
     except jsn.SourceUnavailable as e:
         pytest.skip(f"no Slurm source tree for the native plugin: {e}")
     output, lines = jsn.build_native(slurm, tree, build)
+    from jobns.slurm import build as jbuild
+    slurm.native_api = jbuild.slurm_tree(tree, build).api
     assert any(ln.startswith(("JobContainerType=", "NamespaceType=")) for ln in lines), output
     probe_dir = os.path.join(slurm.root, "probe")
     os.makedirs(probe_dir, exist_ok=True)
@@ -161,15 +163,17 @@ def test_sbcast_lands_in_the_private_tmp(ncluster):
     with open(out) as f:
         lines = f.read().splitlines()
     assert lines[:2] == ["broadcast content", ALICE], lines
-    assert not os.path.exists("/tmp/jobns-sbcast-file"), "sbcast wrote to the host's /tmp"
+    assert not os.path.exists(ncluster.node_path("/tmp/jobns-sbcast-file")), \
+        "sbcast wrote to the node's /tmp"
 
 
 def test_srun_bcast_to_tmp_runs_the_copy(ncluster):
-    assert not os.path.exists("/tmp/jobns-bcast-exe")
+    assert not os.path.exists(ncluster.node_path("/tmp/jobns-bcast-exe"))
     r = ncluster.srun(ALICE, ["/bin/echo", "bcast ran"], "--bcast=/tmp/jobns-bcast-exe")
     assert r.returncode == 0, r.stderr + ncluster.log_tail()
     assert r.stdout.strip() == "bcast ran"
-    assert not os.path.exists("/tmp/jobns-bcast-exe"), "--bcast wrote to the host's /tmp"
+    assert not os.path.exists(ncluster.node_path("/tmp/jobns-bcast-exe")), \
+        "--bcast wrote to the node's /tmp"
 
 
 def test_task_epilog_runs_inside_the_job(ncluster):
@@ -182,7 +186,7 @@ def test_task_epilog_runs_inside_the_job(ncluster):
     with open(path) as f:
         lines = f.read().splitlines()
     assert lines == ["left-by-the-task", ALICE, task_ns], lines
-    assert not os.path.exists("/tmp/jobns-native-marker")
+    assert not os.path.exists(ncluster.node_path("/tmp/jobns-native-marker"))
 
 
 def test_spank_task_hooks_see_the_namespace(ncluster):
@@ -203,12 +207,28 @@ def test_spank_task_hooks_see_the_namespace(ncluster):
     # before the task's SPANK callbacks, not by a plugin that must come first.
     assert seen.get("task_init_privileged") == task_ns, seen
     assert seen.get("task_init") == task_ns, seen
+    if ncluster.native_api >= 2411:
+        # The whole step's slurmstepd runs inside (joined when slurmd starts it): also
+        # the callbacks in slurmstepd itself (Slurm's test_147_1).
+        for hook in ("init", "user_init", "task_post_fork", "task_exit"):
+            assert seen.get(hook) == task_ns, (hook, seen)
+    else:
+        assert seen.get("user_init") != task_ns, seen
+
+
+def test_pid_namespace_from_24_11(ncluster):
+    if ncluster.native_api < 2411:
+        pytest.skip("before Slurm 24.11 the native route refuses PID namespaces")
+    ncluster.set_namespace_config(clone_ns_flags=["CLONE_NEWPID"])
+    r = ncluster.srun(ALICE, ["sh", "-c", "echo $$"], "-n2", timeout=60)
+    assert r.returncode == 0, r.stderr + ncluster.log_tail()
+    # Small pids: both tasks were born in the job's PID namespace (PID 1 is jobns').
+    pids = [int(x) for x in r.stdout.split()]
+    assert len(pids) == 2 and all(1 < p < 100 for p in pids), r.stdout
 
 
 def test_pid_namespace_before_24_11_is_refused_not_half_isolated(ncluster):
-    tree, build = jsn.source_tree(jsn.installed_version())
-    from jobns.slurm import build as jbuild
-    if jbuild.slurm_tree(tree, build).api >= 2411:
+    if ncluster.native_api >= 2411:
         pytest.skip("Slurm 24.11+: the native route gives tasks the job's PID namespace")
     ncluster.set_namespace_config(clone_ns_flags=["CLONE_NEWPID"])
     before = set(os.listdir(ncluster.probe_dir))
