@@ -6,7 +6,9 @@ instead of the SPANK plugstack.
 Source trees come from Debian's source packages, fetched with apt-get through a private
 apt configuration (deb-src entries and package lists of its own under CACHE; the
 system's apt sources are not touched), unpacked with dpkg-source and configured with
-Debian's options, once per version: later runs reuse CACHE/<version>/{tree,build}.
+Debian's options, once per version: later runs reuse CACHE/<version>/{tree,build}.  A
+mirror that serves only the upstream .orig tarball of a version still gives a tree (the
+tarball checked against the signed index); one that serves neither skips the module.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ SUITES = {"bookworm": ("http://deb.debian.org/debian", "bookworm"),
           "trixie-security": ("http://deb.debian.org/debian-security", "trixie-security"),
           "sid": ("http://deb.debian.org/debian", "sid")}
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+BUILD_DEPS = ("libmunge-dev",)
 # Debian's configure options for slurm-wlm that shape the structures a plugin reads.
 CONFIGURE = ("--sysconfdir=/etc/slurm", "--enable-multiple-slurmd", "--disable-debug",
              "--without-rpath", "-q")
@@ -101,6 +104,74 @@ def _download(deb_version: str, into: str) -> str:
     raise SourceUnavailable(f"apt-get source slurm-wlm={deb_version} failed: {last}")
 
 
+def _upstream_only(deb_version: str, into: str) -> str:
+    """When the mirror serves the upstream tarball but not the .dsc or Debian's part:
+    the .orig tarball, checked against the SHA256 of the signed Sources index.  Debian's
+    patches do not touch the plugin interfaces or the structures the plugin reads."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as empty:   # files present in cwd are not listed
+        r = subprocess.run(["apt-get", *_apt_options(), "-q", "source", "--print-uris",
+                            f"slurm-wlm={deb_version}"], cwd=empty, capture_output=True,
+                           text=True, timeout=300)
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 4 and ".orig.tar." in parts[1] and parts[3].startswith("SHA256:"):
+            uri, name, sha = parts[0].strip("'"), parts[1], parts[3][7:]
+            break
+    else:
+        raise SourceUnavailable(f"apt-get source --print-uris slurm-wlm={deb_version}: "
+                                f"no .orig tarball ({(r.stderr or r.stdout)[-300:]})")
+    path = os.path.join(into, name)
+    if not os.path.isfile(path) or _sha256(path) != sha:
+        c = subprocess.run(["curl", "-fsS", "-o", path + ".part", uri], capture_output=True,
+                           text=True, timeout=900)
+        if c.returncode != 0:
+            raise SourceUnavailable(f"{uri}: {c.stderr.strip()}")
+        os.replace(path + ".part", path)
+    if _sha256(path) != sha:
+        os.unlink(path)
+        raise SourceUnavailable(f"{uri}: SHA256 differs from the Sources index")
+    return path
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _unpack(deb_version: str, top: str, tree: str) -> None:
+    try:
+        dsc = _download(deb_version, top)
+    except SourceUnavailable:
+        orig = _upstream_only(deb_version, top)
+        os.makedirs(tree)
+        r = subprocess.run(["tar", "-xf", orig, "-C", tree, "--strip-components=1"],
+                           capture_output=True, text=True, timeout=600)
+        if r.returncode != 0:
+            raise SourceUnavailable(f"tar -xf {orig} failed: {r.stderr[-400:]}")
+        return
+    r = subprocess.run(["dpkg-source", "--no-check", "-x", dsc, tree], cwd=top,
+                       capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise SourceUnavailable(f"dpkg-source -x {dsc} failed: {r.stderr[-400:]}")
+
+
+def _install_build_deps() -> None:
+    """What configure needs on this host: munge's headers (required from 23.x on)."""
+    if os.path.isfile("/usr/include/munge.h"):
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                        *BUILD_DEPS], capture_output=True, text=True, env=env, timeout=900)
+    if r.returncode != 0:
+        raise SourceUnavailable(f"apt-get install {' '.join(BUILD_DEPS)} failed: "
+                                f"{r.stderr[-400:]}")
+
+
 def source_tree(deb_version: str) -> tuple[str, str]:
     """(source tree, configured build dir) of Debian's slurm-wlm `deb_version`, made
     once and cached under CACHE/<deb_version>."""
@@ -112,15 +183,12 @@ def source_tree(deb_version: str) -> tuple[str, str]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if os.path.exists(done):
             return tree, build
-        dsc = _download(deb_version, top)
         for d in (tree, build):
             if os.path.isdir(d):
                 shutil.rmtree(d)
-        r = subprocess.run(["dpkg-source", "--no-check", "-x", dsc, tree], cwd=top,
-                           capture_output=True, text=True, timeout=600)
-        if r.returncode != 0:
-            raise SourceUnavailable(f"dpkg-source -x {dsc} failed: {r.stderr[-400:]}")
+        _unpack(deb_version, top, tree)
         os.makedirs(build)
+        _install_build_deps()
         r = subprocess.run(["nice", os.path.join(tree, "configure"), *CONFIGURE], cwd=build,
                            capture_output=True, text=True, timeout=1200)
         if r.returncode != 0:

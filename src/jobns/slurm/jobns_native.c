@@ -58,6 +58,7 @@
 #include "slurm/slurm.h"
 #include "slurm/slurm_errno.h"
 #include "src/common/slurm_xlator.h"
+#include "src/common/read_config.h"
 #include "src/slurmd/slurmd/slurmd.h"
 #if JOBNS_API >= 2302
 #include "src/slurmd/slurmstepd/slurmstepd_job.h"
