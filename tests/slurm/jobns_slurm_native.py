@@ -172,9 +172,24 @@ def _install_build_deps() -> None:
                                 f"{r.stderr[-400:]}")
 
 
+def _given_trees() -> dict[str, tuple[str, str]]:
+    """JOBNS_SLURM_SOURCE_TREES="DEBVERSION=SRC:BUILD,...": configured trees to use
+    instead of Debian's source packages (e.g. a site's own build of the same version)."""
+    out = {}
+    for item in os.environ.get("JOBNS_SLURM_SOURCE_TREES", "").split(","):
+        if "=" in item:
+            version, _, dirs = item.partition("=")
+            src, _, build = dirs.partition(":")
+            out[version.strip()] = (src, build or src)
+    return out
+
+
 def source_tree(deb_version: str) -> tuple[str, str]:
     """(source tree, configured build dir) of Debian's slurm-wlm `deb_version`, made
     once and cached under CACHE/<deb_version>."""
+    given = _given_trees().get(deb_version)
+    if given:
+        return given
     top = os.path.join(CACHE, deb_version)
     tree, build = os.path.join(top, "tree"), os.path.join(top, "build")
     done = os.path.join(top, "configured")
