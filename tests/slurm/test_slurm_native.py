@@ -247,3 +247,87 @@ def test_pid_namespace_before_24_11_is_refused_not_half_isolated(ncluster):
     with open(os.path.join(ncluster.probe_dir, new[0])) as f:
         lines = f.read().splitlines()
     assert lines[1] == ALICE, lines     # the job's /tmp, not the host's (root's)
+
+
+ADOPT_APP = r"""
+/* What sshd does for pam_slurm_adopt: pam_acct_mgmt as USER, then run the command. */
+#include <stdio.h>
+#include <unistd.h>
+#include <security/pam_appl.h>
+
+static int conv(int n, const struct pam_message **m, struct pam_response **r, void *d)
+{
+	(void) n; (void) m; (void) r; (void) d;
+	return PAM_CONV_ERR;
+}
+
+int main(int argc, char **argv)
+{
+	struct pam_conv c = { conv, NULL };
+	pam_handle_t *h;
+	int rc;
+
+	if (argc < 4)
+		return 2;
+	if (pam_start(argv[1], argv[2], &c, &h) != PAM_SUCCESS)
+		return 2;
+	rc = pam_acct_mgmt(h, 0);
+	if (rc != PAM_SUCCESS) {
+		fprintf(stderr, "pam_acct_mgmt: %s\n", pam_strerror(h, rc));
+		return 3;
+	}
+	pam_end(h, rc);
+	fflush(stdout);
+	execvp(argv[3], argv + 3);
+	perror("execvp");
+	return 4;
+}
+"""
+PAM_ADOPT_PATHS = ("/lib/security/pam_slurm_adopt.so",
+                   "/lib/x86_64-linux-gnu/security/pam_slurm_adopt.so",
+                   "/usr/lib64/security/pam_slurm_adopt.so")
+
+
+def _pam_adopt() -> str | None:
+    return next((p for p in PAM_ADOPT_PATHS if os.path.exists(p)), None)
+
+
+def test_pam_slurm_adopt_joins_through_join_external(ncluster, tmp_path):
+    """An ssh login adopted by pam_slurm_adopt lands in the job's namespace: the extern
+    step hands out the pin's fd (join_external / REQUEST_GET_NS_FD)."""
+    import uuid
+    if getattr(ncluster, "tree", None):
+        pytest.skip("pam_slurm_adopt is installed on this host only (not in the Debian trees)")
+    if not _pam_adopt():
+        r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                            "libpam-slurm-adopt"], capture_output=True, text=True,
+                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), timeout=600)
+        if r.returncode != 0:
+            pytest.skip(f"libpam-slurm-adopt cannot be installed: {r.stderr[-300:]}")
+    pam_adopt = _pam_adopt()
+    if not os.path.isfile("/usr/include/security/pam_appl.h"):
+        pytest.skip("needs the PAM headers (libpam0g-dev)")
+    app = tmp_path / "adopt"
+    (tmp_path / "adopt.c").write_text(ADOPT_APP)
+    subprocess.run([shutil.which("cc") or "gcc", "-o", str(app), str(tmp_path / "adopt.c"),
+                    "-lpam"], check=True)
+    service = f"jobns-native-adopt-{uuid.uuid4().hex[:8]}"
+    pam_file = f"/etc/pam.d/{service}"
+    with open(pam_file, "w") as f:
+        f.write(f"account required {pam_adopt} service={service} nodename={ncluster.node} "
+                "action_no_jobs=deny log_level=debug\n")
+    job = ncluster.sbatch(ALICE, "echo adopt-me > /tmp/jobns-adopt-marker\nsleep 120\n")
+    try:
+        ncluster.wait_running(job)
+        ncluster.wait_until(lambda: os.path.exists(os.path.join(
+            ncluster.job_dir(job), f".{job}", "_tmp", "jobns-adopt-marker")), 30,
+            "the job's marker")
+        r = subprocess.run([str(app), service, ALICE, "sh", "-c",
+                            "cat /tmp/jobns-adopt-marker; stat -c %U /tmp"],
+                           capture_output=True, text=True, timeout=60, env=ncluster.env)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.split() == ["adopt-me", ALICE], r.stdout + r.stderr
+    finally:
+        os.unlink(pam_file)
+        ncluster.cmd(["scancel", job])
+    assert not os.path.exists("/tmp/jobns-adopt-marker")
