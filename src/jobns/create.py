@@ -1,7 +1,8 @@
 """create: build a job's namespace by executing its plan (jobns.plan) step by step.
 
-A failure at any step undoes every earlier step (nothing stays mounted or on disk) and
-raises an OperationError naming the step. Host steps run here; the steps inside the new
+A failure at any step undoes every earlier step this create made (nothing stays mounted or
+on disk; a create refused because the job exists touches nothing of it) and raises an
+OperationError naming the step; the log says whether everything was undone. Host steps run here; the steps inside the new
 namespace run in the namespace child (jobns.nschild).
 """
 
@@ -12,7 +13,7 @@ import os
 import time
 from jobns import kernel
 from jobns.config.model import NodeConfig
-from jobns.delete import delete_locked, kill_and_wait
+from jobns.delete import DeleteResult, delete_locked, kill_and_wait, start_sweep
 from jobns.errors import OperationError
 from jobns.job import Job, validate_job_id
 from jobns.log import null_log
@@ -20,7 +21,8 @@ from jobns.nschild import (NamespaceChild, child_error, reap, spawn_namespace_ch
                            warn_init_oom)
 from jobns.plan import Op, Plan, Step, build_plan
 from jobns.store import (STATE_READY, ensure_base_path, fail_point, index_path, job_lock,
-                         pin_inode, read_record, set_index, write_record)
+                         ns_inode, pin_inode, read_init_pid, read_record, set_index,
+                         write_record)
 from jobns.values import suppress
 
 
@@ -33,30 +35,53 @@ def create(cfg: NodeConfig, job: Job, *, log=null_log, owner_pid: int | None = N
 
 
 def _existing_job(plan: Plan, log) -> None:
-    """Called when <base>/<J> exists: refuse a live job, clean a stale one."""
+    """Called when <base>/<J> exists: refuse a job that may be alive, replace one that is
+    provably dead (a PID-namespace job whose PID 1 is gone; a job whose namespace pin is
+    gone, as after a reboot). A mount-only job with no process left is not provably dead
+    (a process may join it at any moment): it is refused, harmlessly."""
     paths = plan.paths
     record = read_record(paths)
-    if pin_inode(paths.pin) is not None:
-        who = f" (user {record.get('user')}, created {record.get('created')})" if record else ""
-        raise OperationError("mkdir-job", f"job {plan.job.job_id} already exists{who}; "
-                             "delete it first", path=paths.job_dir, errno=errno.EEXIST)
-    log("warning", f"job {plan.job.job_id}: stale job directory without a namespace "
-        f"(state {record.get('state') if record else 'unknown'}); cleaning it before re-creating")
-    result = delete_locked(plan.cfg, plan.job.job_id, log)
+    job_id = plan.job.job_id
+    who = f" (user {record.get('user')}, created {record.get('created')})" if record else ""
+    ino = pin_inode(paths.pin)
+    if ino is not None:
+        why = _provably_dead(paths, record, ino)
+        if why is None:
+            raise OperationError("mkdir-job", f"job {job_id} already exists{who}; "
+                                 "delete it first", path=paths.job_dir, errno=errno.EEXIST)
+        log("warning", f"job {job_id}: the existing job{who} is dead: {why}; replacing it")
+    else:
+        state = record.get("state") if record else "unknown"
+        log("warning", f"job {job_id}: the existing job directory{who} is stale: it has no "
+            f"namespace (its pin is gone, as after a reboot; state {state}); replacing it")
+    result = delete_locked(plan.cfg, job_id, log)
     if not result.ok:
         raise OperationError("mkdir-job", "could not clean the stale job directory: "
                              + result.summary(), path=paths.job_dir, errno=errno.EEXIST)
 
 
+def _provably_dead(paths, record: dict | None, ino: int) -> str | None:
+    """Why the job pinned at `ino` can hold no process any more, or None if it may."""
+    if not record or "CLONE_NEWPID" not in (record.get("clone_ns_flags") or []):
+        return None
+    if read_init_pid(paths, ino) is not None:
+        return None
+    init = record.get("init_pid")
+    if isinstance(init, int) and ns_inode(init, "mnt") == ino:
+        return None     # PID 1 runs, but the pid file does not say so: not provable
+    return f"PID 1 (pid {init}) of its PID namespace is gone"
+
+
 class _Run:
     """What a create has made so far: read by the ops and by the undo."""
 
-    __slots__ = ("plan", "log", "paths", "job_id", "owns_dir", "child", "init_pid", "record")
+    __slots__ = ("plan", "log", "paths", "job_id", "owns_dir", "owns_index", "child",
+                 "init_pid", "record")
 
     def __init__(self, plan: Plan, log, record: dict):
         self.plan, self.log, self.record = plan, log, record
         self.paths, self.job_id = plan.paths, plan.job.job_id
-        self.owns_dir = False
+        self.owns_dir = self.owns_index = False
         self.child: NamespaceChild | None = None
         self.init_pid: int | None = None
 
@@ -144,6 +169,7 @@ def _record(step: Step, run: _Run) -> None:
 
 
 def _index(step: Step, run: _Run) -> None:
+    run.owns_index = True
     set_index(run.job_id, step.source)
 
 
@@ -186,7 +212,7 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
             HOST_OPS[step.kind](step, run)
     except BaseException as exc:
         failed = step.name if step is not None else "namespace"
-        _undo_create(run)
+        undo = _undo_create(run)
         if isinstance(exc, OperationError):
             err = exc
         elif isinstance(exc, OSError):
@@ -195,9 +221,16 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
             raise
         else:
             err = OperationError(failed, f"{type(exc).__name__}: {exc}")
-        log("error", f"job {job.job_id}: create failed at {err}; everything undone")
+        if undo is None:
+            done = "nothing to undo"
+        elif undo.ok:
+            done = "everything undone"
+        else:
+            done = f"undo incomplete: {undo.summary()}"
+        log("error", f"job {job.job_id}: create failed at {err}; {done}")
         raise err from None
     ms = (time.monotonic() - t0) * 1000
+    start_sweep(cfg.base_path, log)   # leftovers of killed deletes, in the background
     log("info", f"job {job.job_id}: created namespace for {job.user} (uid {job.uid}) "
         f"at {paths.job_dir} [{','.join(cfg.dirs)}; {'|'.join(cfg.clone_ns_flags)}] "
         f"in {ms:.1f} ms")
@@ -218,7 +251,10 @@ def _check_user_maps(pid: int, step: Step) -> None:
                              path=step.path)
 
 
-def _undo_create(run: _Run) -> None:
+def _undo_create(run: _Run) -> DeleteResult | None:
+    """Undo what this create made, and only that (a refused create must not touch the
+    live job's index entry or directory). Returns the removal's result, or None if this
+    create made nothing."""
     plan, log, child = run.plan, run.log, run.child
     if child is not None:
         with suppress(OSError):
@@ -227,11 +263,9 @@ def _undo_create(run: _Run) -> None:
         child.close()
     if run.init_pid:
         kill_and_wait(run.init_pid, None)
-    with suppress(OSError):
-        os.unlink(index_path(run.job_id))
+    if run.owns_index:
+        with suppress(OSError):
+            os.unlink(index_path(run.job_id))
     if not run.owns_dir:
-        return
-    result = delete_locked(plan.cfg, run.job_id, log, run_epilog=False)
-    if not result.ok:
-        log("error", f"job {run.job_id}: undo after a failed create left "
-            f"{result.summary()}")
+        return None
+    return delete_locked(plan.cfg, run.job_id, log, run_epilog=False)

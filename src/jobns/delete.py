@@ -2,8 +2,12 @@
 
 `delete` kills what is left of the job, runs the epilog, unmounts the pin, moves the job
 directory into `<base>/.jobns-trash/` (so the job id is free again at once) and removes it
-there with the safe walker (jobns.cleanup). Whatever could not be removed stays in the
-trash, is reported, and is retried by the next `delete` or `restore` (purge_trash).
+there with the safe walker (jobns.cleanup); with no room for a trash, in place. Whatever
+could not be removed stays in the trash, is reported with its real path, and is swept by
+the next `delete` (bounded), `create` (in the background) or `restore` (purge_trash).
+Deletes and restores share the trash through flocks: a shared one on the trash from its
+open to the rename into it, an exclusive one to remove it when empty, and one on each
+entry while it is being removed (see _claim).
 """
 
 from __future__ import annotations
@@ -21,6 +25,17 @@ from jobns.plan import JobPaths
 from jobns.store import (TRASH, index_path, job_lock, ns_inode, open_base, pin_inode,
                          read_init_pid, read_record, require_base)
 from jobns.values import suppress
+
+# Test-only: seconds to sleep between opening the trash and the rename into it, which
+# widens the window in which other deletes and restores act on the trash.
+DELAY_ENV = "JOBNS_TEST_TRASH_DELAY"
+# A delete removes leftovers of earlier deletes for at most this long (checked between
+# entries) after its own job; the rest waits for the next delete, create or restore.
+SWEEP_BUDGET = 5.0
+# errnos of a trash that cannot be made (no inode, no space, a read-only base): the job
+# dir is then removed where it is, which needs no new inode
+_NO_TRASH = (errno.ENOSPC, errno.EDQUOT, errno.EMLINK, errno.EROFS)
+_LOCK_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class DeleteResult:
@@ -57,8 +72,21 @@ def delete(cfg: NodeConfig, job_id: str, *, log=null_log) -> DeleteResult:
     """Tear the job's namespace down and remove <base>/<J> completely."""
     validate_job_id(job_id)
     require_base(cfg)
-    with job_lock(job_id, remove=True):
-        return delete_locked(cfg, job_id, log)
+    with job_lock(job_id, remove=True, optional=True, log=log):
+        result = delete_locked(cfg, job_id, log)
+    sweep_trash(cfg.base_path, log)
+    return result
+
+
+def sweep_trash(base: str, log, budget: float = SWEEP_BUDGET) -> None:
+    """Finish what earlier (killed, failed) deletes left in the trash, for at most
+    `budget` seconds; never fails the caller."""
+    try:
+        purge_trash_at(base, log, budget=budget)
+    except OSError as e:        # no base_path yet, or it cannot be read: nothing to do
+        if e.errno not in (errno.ENOENT, errno.ENOTDIR):
+            log("warning", f"trash {os.path.join(base, TRASH)}: not swept: {e.strerror} "
+                f"[{errno.errorcode.get(e.errno, '?')}]")
 
 
 def kill_and_wait(pid: int, pin_ino: int | None, timeout: float = 10.0) -> bool:
@@ -144,29 +172,9 @@ def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True)
     unmounted = _umount_pin(paths.pin, log)
     base_fd = open_base(base)
     try:
-        trash_name = f"{job_id}.{time.time_ns()}"
-        trash_fd = _open_trash(base_fd)
-        try:
-            os.rename(job_id, trash_name, src_dir_fd=base_fd, dst_dir_fd=trash_fd)
-            first = DeleteResult(job_id=job_id, existed=True)
-            _remove_into(first, trash_fd, trash_name, paths.job_dir)
-            if first.skipped_mounts:
-                moved = os.path.join(os.path.realpath(base), TRASH, trash_name)
-                unmounted += len(_detach_mounts_below(moved, log))
-                _remove_into(result, trash_fd, trash_name, paths.job_dir)
-                result.files += first.files
-                result.dirs += first.dirs
-            else:
-                result.files, result.dirs = first.files, first.dirs
-                result.failures, result.ok = first.failures, first.ok
-        finally:
-            os.close(trash_fd)
-        if result.ok:
+        where, unmounted = _move_and_remove(result, base, base_fd, job_id, log, unmounted)
+        if where is not None and result.ok:
             _drop_empty_trash(base_fd)
-    except OSError as e:
-        result.ok = False
-        result.failures.append((paths.job_dir, "rename", errno.errorcode.get(e.errno, "?"),
-                                e.strerror))
     finally:
         os.close(base_fd)
     result.seconds = time.monotonic() - t0
@@ -174,15 +182,134 @@ def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True)
         log("info", f"job {job_id}: deleted {paths.job_dir} ({result.files} files, "
             f"{result.dirs} dirs, {unmounted} mounts, {result.killed} processes killed) "
             f"in {result.seconds * 1000:.1f} ms")
+    elif where is None:
+        log("error", f"job {job_id}: delete incomplete: {result.summary()} (the job "
+            f"directory is still at {paths.job_dir}; the next delete of job {job_id} or "
+            "restore retries)")
     else:
-        log("error", f"job {job_id}: delete incomplete: {result.summary()} "
-            f"(left in {base}/{TRASH}; retried by the next delete or restore)")
+        log("error", f"job {job_id}: delete incomplete: {result.summary()} (left in "
+            f"{where}; retried by the next delete or restore)")
     return result
 
 
+
+
+def _claim(parent_fd: int, name: str, *, wait: bool) -> int | None:
+    """An fd of directory parent_fd/name holding an exclusive flock on it, or None (not a
+    directory, gone, or -- without `wait` -- being removed by a live process). The flock
+    follows the directory through the rename into the trash: a purge skips what a
+    running delete holds, and a killed delete's lock dies with it."""
+    import fcntl
+    try:
+        fd = os.open(name, _LOCK_FLAGS, dir_fd=parent_fd)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _move_and_remove(result: DeleteResult, base: str, base_fd: int, job_id: str, log,
+                     unmounted: int) -> tuple[str | None, int]:
+    """Move <base>/<J> into the trash and remove it there (the job id is free at once), or,
+    when no trash can be made, remove it in place. Returns where the directory is (its
+    trash path, or its own path; None if it could not be moved) and the mount count."""
+    job_dir = os.path.join(base, job_id)
+    claim = _claim(base_fd, job_id, wait=True)
+    try:
+        trash_name = f"{job_id}.{time.time_ns()}"
+        trash_fd = None
+        try:
+            trash_fd = _rename_into_trash(base_fd, job_id, trash_name)
+        except OSError as e:
+            if e.errno not in _NO_TRASH:
+                result.ok = False
+                result.failures.append((job_dir, "rename", errno.errorcode.get(e.errno, "?"),
+                                        e.strerror))
+                return None, unmounted
+            log("warning", f"job {job_id}: no trash ({os.path.join(base, TRASH)}: "
+                f"{e.strerror} [{errno.errorcode.get(e.errno, '?')}]): removing {job_dir} "
+                "in place")
+        if trash_fd is None:
+            parent_fd, name, parent = base_fd, job_id, base
+        else:
+            parent_fd, name, parent = trash_fd, trash_name, os.path.join(base, TRASH)
+        where = os.path.join(parent, name)
+        try:
+            first = DeleteResult(job_id=job_id, existed=True)
+            _remove_into(first, parent_fd, name, parent)
+            if first.skipped_mounts:
+                unmounted += len(_detach_mounts_below(os.path.join(os.path.realpath(parent),
+                                                                   name), log))
+                _remove_into(result, parent_fd, name, parent)
+                result.files += first.files
+                result.dirs += first.dirs
+            else:
+                result.files, result.dirs = first.files, first.dirs
+                result.failures, result.ok = first.failures, first.ok
+        finally:
+            if trash_fd is not None:
+                os.close(trash_fd)
+        return where, unmounted
+    finally:
+        if claim is not None:
+            os.close(claim)
+
+
+def _rename_into_trash(base_fd: int, job_id: str, trash_name: str) -> int:
+    """Rename base/<job_id> to base/.jobns-trash/<trash_name>; returns an fd of the trash.
+    Another delete or restore may remove the trash when it finds it empty, at any moment:
+    a rename that failed because the trash went away (the job dir is still there) is
+    retried with a new one."""
+    import fcntl
+    delay = float(os.environ.get(DELAY_ENV) or 0)
+    for _ in range(1000):
+        try:
+            trash_fd = _open_trash(base_fd)
+        except FileNotFoundError:     # made, then removed by another delete: again
+            continue
+        try:
+            # a shared lock on the trash keeps _drop_empty_trash from removing it under us
+            fcntl.flock(trash_fd, fcntl.LOCK_SH)
+            if os.fstat(trash_fd).st_nlink == 0:   # removed before we locked it: again
+                os.close(trash_fd)
+                continue
+            if delay:
+                time.sleep(delay)
+            os.rename(job_id, trash_name, src_dir_fd=base_fd, dst_dir_fd=trash_fd)
+            return trash_fd
+        except FileNotFoundError:
+            gone = os.fstat(trash_fd).st_nlink == 0
+            os.close(trash_fd)
+            if not gone:
+                raise
+        except BaseException:
+            os.close(trash_fd)
+            raise
+    raise OSError(errno.EAGAIN, "the trash kept disappearing", TRASH)
+
+
 def _drop_empty_trash(base_fd: int) -> None:
-    with suppress(OSError):   # ENOTEMPTY: other deletes are under way
-        os.rmdir(TRASH, dir_fd=base_fd)
+    """Remove the trash if it is empty and no delete is about to move a job dir into it
+    (each holds a shared flock on it from its open to its rename)."""
+    import fcntl
+    try:
+        fd = os.open(TRASH, _LOCK_FLAGS, dir_fd=base_fd)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        st = os.fstat(fd)
+        if st.st_nlink and os.stat(TRASH, dir_fd=base_fd,
+                                   follow_symlinks=False).st_ino == st.st_ino:
+            os.rmdir(TRASH, dir_fd=base_fd)
+    except OSError:     # ENOTEMPTY, EWOULDBLOCK: other deletes are under way
+        pass
+    finally:
+        os.close(fd)
 
 
 def _open_trash(base_fd: int) -> int:
@@ -194,15 +321,17 @@ def _open_trash(base_fd: int) -> int:
                    dir_fd=base_fd)
 
 
-def _remove_into(result: DeleteResult, parent_fd: int, name: str, shown: str) -> None:
+def _remove_into(result: DeleteResult, parent_fd: int, name: str, parent: str) -> None:
+    """Remove parent_fd/name; failures are reported with their real path under `parent`
+    (the path of parent_fd)."""
     from jobns.cleanup import remove_tree
     report = remove_tree(parent_fd, name)
     result.files += report.files
     result.dirs += report.dirs
     for f in report.failures:
-        result.failures.append((os.path.join(shown, f.path), f.op,
+        result.failures.append((os.path.join(parent, f.path), f.op,
                                 errno.errorcode.get(f.errno, str(f.errno)), f.message))
-    result.skipped_mounts += [os.path.join(shown, p) for p in report.skipped_mounts]
+    result.skipped_mounts += [os.path.join(parent, p) for p in report.skipped_mounts]
     if not report.ok:
         result.ok = False
 
@@ -223,27 +352,109 @@ def _run_epilog(cfg: NodeConfig, record: dict, job_id: str, paths: JobPaths, log
             "continuing the teardown")
 
 
+def leftovers_waiting(base: str, look: int = 8) -> bool:
+    """Whether the trash holds something no live process is removing (a look at its
+    first `look` entries: cheap enough for every create)."""
+    try:
+        trash_fd = os.open(os.path.join(base, TRASH), _LOCK_FLAGS)
+    except OSError:
+        return False
+    try:
+        with os.scandir(trash_fd) as it:
+            for n, entry in enumerate(it):
+                if n >= look:
+                    break
+                claim = _claim(trash_fd, entry.name, wait=False)
+                if claim is not None:
+                    os.close(claim)
+                    return True
+                if not _is_dir(trash_fd, entry.name):
+                    return True
+        return False
+    finally:
+        os.close(trash_fd)
+
+
+_SWEEP_CODE = "import sys; from jobns.delete import sweep_main; sweep_main(sys.argv[1])"
+
+
+def start_sweep(base: str | None, log=null_log) -> None:
+    """Start a sweep of leftover trash in the background (a detached process, so a job
+    start never waits for it), if there is any. Never fails the caller."""
+    if not base or not leftovers_waiting(base):
+        return
+    import subprocess
+    import sys
+    try:
+        # sh puts the sweeper in the background and exits at once: nothing to reap later
+        subprocess.run(["/bin/sh", "-c", '"$@" </dev/null >/dev/null 2>&1 &', "sh",
+                        sys.executable, "-c", _SWEEP_CODE, base], check=True,
+                       start_new_session=True, stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        log("info", f"trash {os.path.join(base, TRASH)}: leftovers of earlier deletes are "
+            "being removed in the background")
+    except (OSError, subprocess.CalledProcessError) as e:
+        log("warning", f"trash {os.path.join(base, TRASH)}: could not start the background "
+            f"sweep: {e}; the next delete or restore removes the leftovers")
+
+
+def sweep_main(base: str) -> None:
+    """The background sweeper (see start_sweep): logs to syslog only."""
+    from jobns.log import Log
+    with open(os.devnull, "w") as devnull:
+        purge_trash_at(base, Log("info", use_syslog=True, stream=devnull, tag="jobns-sweep"))
+
+
 def purge_trash(cfg: NodeConfig, log=null_log) -> DeleteResult:
     """Remove whatever earlier deletes left in <base>/.jobns-trash."""
-    base = require_base(cfg)
+    return purge_trash_at(require_base(cfg), log)
+
+
+def purge_trash_at(base: str, log=null_log, *, budget: float | None = None) -> DeleteResult:
+    """Remove what earlier deletes left in <base>/.jobns-trash: every entry no live
+    process is removing (see _claim). With `budget` (seconds), no new entry is started
+    once it is spent. `existed` says whether there was a trash at all."""
     result = DeleteResult(job_id=TRASH, existed=True)
+    deadline = None if budget is None else time.monotonic() + budget
     base_fd = open_base(base)
+    busy = 0
     try:
         try:
-            trash_fd = os.open(TRASH, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                               dir_fd=base_fd)
+            trash_fd = os.open(TRASH, _LOCK_FLAGS, dir_fd=base_fd)
         except FileNotFoundError:
             result.existed = False
             return result
         try:
             for name in os.listdir(trash_fd):
-                _remove_into(result, trash_fd, name, os.path.join(base, TRASH, name))
+                if deadline is not None and time.monotonic() > deadline:
+                    busy += 1
+                    continue
+                claim = _claim(trash_fd, name, wait=False)
+                if claim is None and _is_dir(trash_fd, name):
+                    busy += 1       # a running delete is removing it
+                    continue
+                try:
+                    _remove_into(result, trash_fd, name, os.path.join(base, TRASH))
+                finally:
+                    if claim is not None:
+                        os.close(claim)
         finally:
             os.close(trash_fd)
-        if result.ok:
+        if result.ok and not busy:
             _drop_empty_trash(base_fd)
     finally:
         os.close(base_fd)
     if result.files or result.dirs:
-        log("info", f"trash: removed {result.files} files, {result.dirs} dirs")
+        log("info", f"trash: removed {result.files} files, {result.dirs} dirs left by earlier "
+            f"deletes" + (f"; {busy} entries left for later" if busy else ""))
+    if not result.ok:
+        log("error", f"trash {os.path.join(base, TRASH)}: {result.summary()}")
     return result
+
+
+def _is_dir(dir_fd: int, name: str) -> bool:
+    import stat
+    try:
+        return stat.S_ISDIR(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False

@@ -45,7 +45,7 @@ def restore(cfg: NodeConfig, live: set[str] | frozenset[str] = frozenset(), *,
         if name in live:
             result.kept.append(name)
             continue
-        with job_lock(name):
+        with job_lock(name, optional=True, log=log):
             record = read_record(JobPaths.of(base, name))
             if owner_alive(record):
                 result.kept.append(name)

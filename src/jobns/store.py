@@ -63,34 +63,67 @@ def require_base(cfg: NodeConfig) -> str:
     return cfg.base_path
 
 
+# errnos that say the runtime dir cannot take a new file (not that something is wrong)
+_UNUSABLE = (errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO)
+
+
 class job_lock:
     """Serialise create/delete/restore of one job across processes (flock on a lock file
     in the runtime dir; the file is re-checked after locking so that unlinking it is safe).
     With `remove`, the lock file is unlinked before it is released (after a delete), so
-    that lock files do not pile up with every job id a node ever ran."""
+    that lock files do not pile up with every job id a node ever ran.
 
-    def __init__(self, job_id: str, *, remove: bool = False):
+    A runtime dir that cannot take the lock file (read-only, full) raises an
+    OperationError naming the path and errno; an existing lock file is still used (a
+    read-only descriptor can hold a flock). With `optional` (delete, restore: tearing a job
+    down must work while /run is full) the lock is skipped instead, with a warning."""
+
+    def __init__(self, job_id: str, *, remove: bool = False, optional: bool = False,
+                 log=null_log):
+        self.job_id = job_id
         self.path = os.path.join(runtime_dir(), "lock", job_id)
         self.remove = remove
+        self.optional = optional
+        self.log = log
         self.fd = -1
 
     def __enter__(self):
-        ensure_private_dir(runtime_dir())
-        ensure_private_dir(os.path.dirname(self.path))
+        try:
+            ensure_private_dir(runtime_dir())
+            ensure_private_dir(os.path.dirname(self.path))
+            self.fd = self._lock(os.O_RDWR | os.O_CREAT)
+        except OSError as e:
+            if e.errno not in _UNUSABLE:
+                raise OperationError.from_oserror("runtime-dir", e, e.filename or self.path) \
+                    from None
+            try:    # the runtime dir cannot take a new file: an existing one still locks
+                self.fd = self._lock(os.O_RDONLY)
+            except OSError:
+                if not self.optional:
+                    raise OperationError("runtime-dir", "cannot make the job's lock file: "
+                                         f"{e.strerror}", path=e.filename or self.path,
+                                         errno=e.errno) from None
+                self.log("warning", f"job {self.job_id}: runtime dir unusable: "
+                         f"{e.filename or self.path}: {e.strerror} "
+                         f"[{errno.errorcode.get(e.errno, e.errno)}]; going on without the "
+                         "job's lock")
+        return self
+
+    def _lock(self, flags: int) -> int:
         while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW,
-                         0o600)
+            fd = os.open(self.path, flags | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
                 same = os.fstat(fd).st_ino == os.stat(self.path, follow_symlinks=False).st_ino
             except FileNotFoundError:
                 same = False
             if same:
-                self.fd = fd
-                return self
+                return fd
             os.close(fd)
 
     def __exit__(self, exc_type, exc, tb):
+        if self.fd < 0:
+            return False
         try:
             if self.remove and exc_type is None:
                 with suppress(OSError):
