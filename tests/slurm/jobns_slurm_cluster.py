@@ -20,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import zlib
 
 TAG = "JOBNS_SLURM_TEST_TAG"
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge", "libslurm-dev", "gcc")
@@ -284,7 +285,11 @@ class Cluster:
         return hw
 
     def _pick_ports(self) -> None:
-        for ctld in range(16817, 16917, 2):
+        # start where this root's hash points, so that clusters of different roots
+        # starting at the same moment on one machine do not race for the same pair
+        start = zlib.crc32(self.root.encode()) % 50
+        for i in range(50):
+            ctld = 16817 + 2 * ((start + i) % 50)
             if _port_free(ctld) and _port_free(ctld + 1):
                 self.ctld_port, self.slurmd_port = ctld, ctld + 1
                 return
@@ -370,8 +375,9 @@ class Cluster:
             raise ValueError(f"unknown container mode {self.container!r}")
         if newer:
             return ["NamespaceType=namespace/linux"]   # reads etc/namespace.yaml
-        with open(jc, "w") as f:
-            f.write(f"AutoBasePath=true\nBasePath={self.base}\nDirs=/tmp,/dev/shm\n")
+        with open(jc, "w") as f:   # 22.05 knows no Dirs= (always /tmp and /dev/shm)
+            f.write(f"AutoBasePath=true\nBasePath={self.base}\n"
+                    + ("Dirs=/tmp,/dev/shm\n" if self.version >= (23, 2) else ""))
         os.chmod(jc, 0o644)
         return ["JobContainerType=job_container/tmpfs"]
 

@@ -1,0 +1,346 @@
+"""Slurm's own namespace tests as the contract, on every Slurm of the matrix.
+
+Slurm checks its namespace/linux and job_container/tmpfs plugins with tests that
+(1) make /var/tmp and /dev/shm private and add PID and user namespaces from namespace.yaml,
+(2) use 26.05's `dir_confs` (per-directory base_path, noexec, tmpfs size=, nosuid/nodev
+always on a tmpfs, %u in a path), (3) sbcast a file into the private directory and find
+nothing on the node, (4) find the files that another SPANK plugin's user_init,
+task_post_fork and task_exit hooks wrote in the private directory. These are jobns' own
+tests of the same behaviours, with jobns in place of Slurm's plugin.
+
+jobns reads namespace.yaml itself, so (1) and (2) hold on 22.05 and 24.11 too. (3) and (4)
+depend on the route: the SPANK plugin moves the job's *tasks* into the namespace, while
+sbcast (written by slurmd) and the hooks that run in slurmstepd itself stay outside; the
+tests assert exactly that, as docs/slurm.md says. A cluster whose `route` attribute is
+"native" (the job_container/namespace plugins, which join slurmstepd and sbcast) gets the
+full assertions of Slurm's tests instead.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+
+ALICE = "jobns-alice"
+TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
+            "BOOT_FAIL", "DEADLINE", "PREEMPTED")
+
+
+def route(cluster) -> str:
+    return getattr(cluster, "route", "spank")
+
+
+def final_state(cluster, job: str) -> str:
+    r = cluster.cmd(["scontrol", "-o", "show", "job", job], timeout=10)
+    m = re.search(r"\bJobState=(\S+)", r.stdout)
+    return m.group(1) if m else ""
+
+
+def batch(cluster, script: str, user: str = ALICE) -> tuple[str, str, str]:
+    """Run `script` as a batch job to its end; (job id, final state, its output)."""
+    out = f"/home/{user}/jobns-contract-%j.out"
+    job = cluster.sbatch(user, textwrap.dedent(script), "-o", out)
+    cluster.wait_until(lambda: final_state(cluster, job) in TERMINAL, timeout=90,
+                       what=f"batch job {job} to end (it is {final_state(cluster, job)})")
+    path = cluster.node_path(out.replace("%j", job))
+    cluster.wait_until(lambda: os.path.exists(path), timeout=30, what=f"{path}")
+    with open(path) as f:
+        text = f.read()
+    os.unlink(path)
+    return job, final_state(cluster, job), text
+
+
+def srun_out(cluster, command: str, *opts: str) -> str:
+    """Output of `command` run by bash as an srun step. (The tests that make /var/tmp
+    private use steps, not batch scripts: the fixture's SlurmdSpoolDir, where slurmd keeps
+    batch scripts, is under /var/tmp and would be hidden from the batch step.)"""
+    r = cluster.srun(ALICE, ["bash", "-c", textwrap.dedent(command)], *opts)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    return r.stdout
+
+
+@pytest.fixture
+def outside_base(cluster):
+    """A base_path outside /var/tmp (the cluster's own base is below it, and a base_path
+    under a private dir is a config error)."""
+    path = f"/var/lib/{os.path.basename(cluster.root)}"
+    yield path
+    # `jobns slurm epilog` finds the job under the base_path of the configuration it reads:
+    # the file changes back only when the jobs' epilogs are done
+    cluster.wait_idle()
+    node = cluster.node_path(path)
+    cluster.wait_until(lambda: not os.path.isdir(node) or not os.listdir(node), timeout=60,
+                       what=f"the job directories under {path} to go")
+    cluster.set_namespace_config()
+    if os.path.isdir(cluster.node_path(path)):
+        # jobns made the base_path a private mount of its own; every job's dir went with
+        # its job, so only that mount and an empty directory are left
+        assert cluster.mounts_under(path) in ([], [path])
+        if cluster.mounts_under(path):
+            assert cluster.run(["umount", path]).returncode == 0
+        os.rmdir(cluster.node_path(path))
+
+
+# ---------------------------------------------------------------- namespace.yaml: dirs, flags
+
+NS_YAML_159_1 = """\
+---
+defaults:
+  auto_base_path: true
+  base_path: "{base}"
+  dirs: "/var/tmp,/dev/shm"
+  clone_ns_flags:
+    - "CLONE_NEWPID"
+    - "CLONE_NEWUSER"
+...
+"""
+
+
+def test_var_tmp_and_dev_shm_private_with_pid_and_user_namespaces(cluster, outside_base):
+    cluster.set_namespace_config(NS_YAML_159_1.format(base=outside_base))
+    markers = [cluster.node_path(f"{d}/jobns-contract-on-node") for d in ("/var/tmp",
+                                                                          "/dev/shm")]
+    for m in markers:
+        with open(m, "w") as f:
+            f.write("node\n")
+    try:
+        out = srun_out(cluster, """\
+            for d in /var/tmp /dev/shm; do
+                if [ -e $d/jobns-contract-on-node ]; then echo "$d: node file visible"
+                else echo "$d: private"; fi
+            done
+            echo "shm: $(findmnt -n -o FSTYPE /dev/shm)"
+            echo "pid: $(readlink /proc/self/ns/pid)"
+            echo "user: $(readlink /proc/self/ns/user)"
+            echo mine > /var/tmp/from-job
+            """)
+    finally:
+        for m in markers:
+            os.unlink(m)
+    lines = dict(ln.split(": ", 1) for ln in out.splitlines() if ": " in ln)
+    assert lines["/var/tmp"] == "private" and lines["/dev/shm"] == "private", out
+    assert lines["shm"] == "tmpfs", out
+    node_pid = cluster.run(["readlink", "/proc/self/ns/pid"]).stdout.strip()
+    node_user = cluster.run(["readlink", "/proc/self/ns/user"]).stdout.strip()
+    assert lines["pid"].startswith("pid:[") and lines["pid"] != node_pid, out
+    assert lines["user"].startswith("user:[") and lines["user"] != node_user, out
+    assert not os.path.exists(cluster.node_path("/var/tmp/from-job"))
+
+    # the same for an srun step, every task of it
+    out = srun_out(cluster, "readlink /proc/self/ns/pid /proc/self/ns/user; ls -A /var/tmp",
+                   "-n2", "-O")
+    assert node_pid not in out and node_user not in out, out
+    assert "jobns-contract-on-node" not in out
+
+
+# ---------------------------------------------------------------- dir_confs (26.05's format)
+
+NS_YAML_159_2 = """\
+---
+defaults:
+  auto_base_path: true
+  base_path: "{base}"
+  dir_confs:
+    - path: "/var/tmp"
+      base_path: "{dir_base}"
+      options: "noexec"
+    - path: "/home/%u/jobns-contract-dir"
+    - path: "/dev/shm"
+      tmpfs: true
+      options: "size=64m"
+...
+"""
+
+
+@pytest.fixture
+def dir_confs(cluster, outside_base):
+    home_dir = cluster.node_path(f"/home/{ALICE}/jobns-contract-dir")
+    os.makedirs(home_dir, exist_ok=True)
+    cluster.contract_base = outside_base
+    cluster.set_namespace_config(NS_YAML_159_2.format(base=outside_base,
+                                                      dir_base=outside_base))
+    yield cluster
+    os.rmdir(home_dir)
+
+
+def test_dir_confs_bind_is_private_and_noexec(dir_confs):
+    cluster = dir_confs
+    marker = cluster.node_path("/var/tmp/jobns-contract-on-node")
+    with open(marker, "w") as f:
+        f.write("node\n")
+    try:
+        out = srun_out(cluster, """\
+            if [ -e /var/tmp/jobns-contract-on-node ]; then echo "node file visible"
+            else echo "private"; fi
+            printf '#!/bin/sh\\necho ran\\n' > /var/tmp/x.sh
+            chmod +x /var/tmp/x.sh
+            /var/tmp/x.sh
+            echo "exit:$?"
+            """)
+    finally:
+        os.unlink(marker)
+    assert out.startswith("private\n"), out
+    assert "exit:126" in out and "ran" not in out.replace("exit", ""), out
+
+
+def test_dir_confs_tmpfs_size_nosuid_nodev(dir_confs):
+    out = srun_out(dir_confs, """\
+        echo "mnt: $(findmnt -n -o FSTYPE,OPTIONS /dev/shm)"
+        dd if=/dev/zero of=/dev/shm/small bs=1M count=32 2>/dev/null
+        echo "small:$?"
+        dd if=/dev/zero of=/dev/shm/large bs=1M count=65 2>&1
+        echo "large:$?"
+        """)
+    fstype, opts = out.splitlines()[0].split()[1:3]
+    assert fstype == "tmpfs", out
+    assert {"nosuid", "nodev", "size=65536k"} <= set(opts.split(",")), out
+    assert "small:0" in out and "large:1" in out, out
+    assert "No space left on device" in out, out
+
+
+def test_dir_confs_per_dir_base_path_and_user_expansion(dir_confs):
+    cluster = dir_confs
+    base = cluster.effective_base()
+    out = srun_out(cluster, f"findmnt -n -o SOURCE /var/tmp; "
+                            f"findmnt -n -o TARGET /home/{ALICE}/jobns-contract-dir; "
+                            f"echo $SLURM_JOB_ID")
+    source, target, job = out.split()
+    backing = source[source.index("[") + 1:-1]
+    # the source is a path of the file system (on a box, the tree's path on the host)
+    assert f"{base}/{job}/" in backing, out
+    assert target == f"/home/{ALICE}/jobns-contract-dir", out
+
+
+def test_dir_confs_foreign_per_dir_base_path_is_refused(dir_confs):
+    """Slurm accepts any per-directory base_path; jobns only the node's own (documented in
+    docs/config.md): `config check` names the line, and no job runs with it."""
+    cluster = dir_confs
+    other = f"{cluster.contract_base}-elsewhere"
+    cluster.set_namespace_config(NS_YAML_159_2.format(base=cluster.contract_base,
+                                                      dir_base=other))
+    r = cluster.jobns_cmd("config", "check")
+    assert r.returncode != 0
+    assert re.search(r"namespace\.yaml:\d+", r.stdout + r.stderr), (r.stdout, r.stderr)
+    assert other in r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- sbcast
+
+def test_sbcast_into_the_private_dir(cluster):
+    """SPANK route: sbcast writes through slurmd, outside the job (docs/slurm.md): the file
+    lands in the node's /tmp and the job's private /tmp does not see it. Native route: in
+    the job's /tmp only."""
+    name = "/tmp/jobns-contract-sbcast"
+    node_file = cluster.node_path(name)
+    src = f"/home/{ALICE}/jobns-contract-sbcast.src"
+    with open(cluster.node_path(src), "w") as f:
+        f.write("sent by sbcast\n")
+    os.chown(cluster.node_path(src), cluster.users[ALICE].pw_uid, cluster.users[ALICE].pw_gid)
+    assert not os.path.exists(node_file)
+    job = cluster.sbatch(ALICE, "sleep 120\n")
+    try:
+        cluster.wait_running(job)
+        r = cluster.as_user(ALICE, ["sbcast", "-j", job, src, name])
+        assert r.returncode == 0, r.stderr
+        inside = cluster.srun(ALICE, ["sh", "-c", f"cat {name} || echo absent"],
+                              f"--jobid={job}", "--overlap")
+        assert inside.returncode == 0, inside.stderr
+        if route(cluster) == "native":
+            assert inside.stdout == "sent by sbcast\n", inside.stdout
+            assert not os.path.exists(node_file), "sbcast wrote the node's /tmp"
+        else:
+            assert inside.stdout.strip().endswith("absent"), inside.stdout
+            with open(node_file) as f:
+                assert f.read() == "sent by sbcast\n"
+    finally:
+        cluster.cmd(["scancel", job])
+        for p in (node_file, cluster.node_path(src)):
+            if os.path.exists(p):
+                os.unlink(p)
+
+
+# ---------------------------------------------------------------- other SPANK plugins' hooks
+
+HOOKS = ("user_init", "task_post_fork", "task_exit")
+HOOK_PLUGIN = r"""
+/* A SPANK plugin that leaves a file in /tmp from three slurmstepd hooks. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <unistd.h>
+#include <slurm/spank.h>
+
+SPANK_PLUGIN(jobns_hook_probe, 1);
+
+static void mark(spank_t sp, const char *hook)
+{
+	uint32_t job = 0;
+	char path[256];
+	int fd;
+
+	if (!spank_remote(sp) || spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS)
+		return;
+	snprintf(path, sizeof(path), "/tmp/jobns-hook-%u-%s", job, hook);
+	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+	if (fd >= 0)
+		close(fd);
+}
+
+int slurm_spank_user_init(spank_t sp, int ac, char **av) { mark(sp, "user_init"); return 0; }
+int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
+{ mark(sp, "task_post_fork"); return 0; }
+int slurm_spank_task_exit(spank_t sp, int ac, char **av) { mark(sp, "task_exit"); return 0; }
+"""
+
+
+@pytest.fixture
+def hook_plugin(cluster):
+    src = os.path.join(cluster.lib, "jobns_hook_probe.c")
+    so = os.path.join(cluster.lib, "jobns_hook_probe.so")
+    with open(src, "w") as f:
+        f.write(HOOK_PLUGIN)
+    r = cluster.run(["gcc", "-shared", "-fPIC", "-Wall", "-Wno-unused-parameter", "-o", so,
+                     src])
+    assert r.returncode == 0, r.stderr
+    with open(cluster.plugstack) as f:
+        plugstack = f.read()
+    with open(cluster.plugstack, "a") as f:
+        f.write(f"required {so}\n")
+    cluster.restart_slurmd()
+    yield cluster
+    with open(cluster.plugstack, "w") as f:
+        f.write(plugstack)
+    cluster.restart_slurmd()
+
+
+def test_other_spank_plugins_hooks(hook_plugin):
+    """SPANK route: user_init, task_post_fork and task_exit run in slurmstepd, which stays
+    in the node's mount namespace (docs/slurm.md): their files land in the node's /tmp, not
+    in the job's. Native route: in the job's /tmp, none on the node."""
+    cluster = hook_plugin
+    job, state, out = batch(cluster, """\
+        #!/bin/bash
+        srun true
+        ls /tmp
+        """)
+    assert state == "COMPLETED", out
+    inside = {ln for ln in out.split() if ln.startswith(f"jobns-hook-{job}-")}
+    on_node = {n for n in os.listdir(cluster.node_path("/tmp"))
+               if n.startswith(f"jobns-hook-{job}-")}
+    try:
+        want = {f"jobns-hook-{job}-{h}" for h in HOOKS}
+        if route(cluster) == "native":
+            # the batch step's own task_exit runs after `ls`: the srun step's three are seen
+            assert want <= inside, out
+            assert on_node == set(), on_node
+        else:
+            assert inside == set(), out
+            assert want <= on_node, on_node
+    finally:
+        for n in on_node:
+            os.unlink(cluster.node_path(f"/tmp/{n}"))
