@@ -331,3 +331,31 @@ def test_pam_slurm_adopt_joins_through_join_external(ncluster, tmp_path):
         os.unlink(pam_file)
         ncluster.cmd(["scancel", job])
     assert not os.path.exists("/tmp/jobns-adopt-marker")
+
+
+def test_failing_create_fails_the_launch_and_leaves_nothing(ncluster):
+    base = ncluster.effective_base()
+    script = os.path.join(ncluster.scripts, "refuse.sh")
+    with open(script, "w") as f:
+        f.write('#!/bin/sh\necho "site check refuses job $SLURM_JOB_ID" >&2\nexit 3\n')
+    os.chmod(script, 0o755)
+    before = set(os.listdir(base)) if os.path.isdir(base) else set()
+    log_size = os.path.getsize(os.path.join(ncluster.log_dir, "slurmd.log"))
+    ncluster.set_namespace_config(init_script=script)
+
+    r = ncluster.srun(ALICE, ["echo", "ran"], timeout=90)
+    assert r.returncode != 0 and "ran" not in r.stdout, r.stdout + r.stderr
+
+    with open(os.path.join(ncluster.log_dir, "slurmd.log"), errors="replace") as f:
+        f.seek(log_size)
+        new_log = f.read()
+    assert "site check refuses job" in new_log, new_log
+    assert "jobns slurm prolog` failed" in new_log, new_log
+    after = set(os.listdir(base)) if os.path.isdir(base) else set()
+    assert {n for n in after - before if not n.startswith(".")} == set()
+    # A job-container failure is a launch failure, not a prolog failure: Slurm does not
+    # drain the node (as with its own plugins).
+    ncluster.wait_until(lambda: not ncluster.cmd(["squeue", "-h"]).stdout.strip(), 60,
+                        "the failed job to leave the queue")
+    state = ncluster.node_state()
+    assert not state.startswith(("drain", "down")), state
