@@ -20,7 +20,7 @@ import sys
 import time
 import traceback
 
-SECTIONS = ("lifecycle", "slurm", "cleanup", "scale", "memory")
+SECTIONS = ("lifecycle", "slurm", "slurm26", "cleanup", "scale", "memory")
 DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
 
 
