@@ -17,7 +17,7 @@ from jobns.errors import OperationError, UsageError
 from jobns.job import Job, validate_job_id
 from jobns.log import null_log
 from jobns.plan import JobPaths
-from jobns.store import read_init_pid, read_record, require_base
+from jobns.store import ns_inode, read_init_pid, read_record, require_base
 from jobns.values import Frozen, suppress
 
 # signal (with enum) costs more to import than an exec: loaded on demand
@@ -42,41 +42,68 @@ class JobNamespaces:
 
 
 def open_job(cfg: NodeConfig, job_id: str) -> JobNamespaces:
+    """Open the namespaces of job `job_id` on this node (see open_namespaces)."""
     validate_job_id(job_id)
     paths = JobPaths.of(require_base(cfg), job_id)
     if not os.path.isdir(paths.job_dir):
         raise OperationError("join", f"no such job {job_id} on node {cfg.node_name}",
                              path=paths.job_dir, errno=errno.ENOENT)
-    record = read_record(paths) or {}
+    return open_namespaces(paths, job_id, read_record(paths) or {})
+
+
+def open_namespaces(paths: JobPaths, job_id: str, record: dict | None = None) -> JobNamespaces:
+    """The rules of a join, as src/jobns/slurm/jobns_join.h states them for the C side:
+    1. MNT: the pin must be a mount namespace; 2. USER: the owner of that mount namespace
+    (NS_GET_USERNS), only when it is not ours; 3. PID: when .ns/pid1 exists, a pidfd of
+    that pid, accepted only if the process is in the pinned mount namespace and still
+    alive after the check; 4. join order PID, USER, MNT (join())."""
     try:
         mnt = os.open(paths.pin, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as e:
-        raise OperationError.from_oserror("join", e, paths.pin) from None
-    handle = JobNamespaces(job_id=job_id, record=record, mnt=mnt)
+        raise OperationError.from_oserror("join", e, paths.pin) from e
+    handle = JobNamespaces(job_id=job_id, record=record or {}, mnt=mnt)
     try:
         try:
             if kernel.ns_type(mnt) != kernel.CLONE_NEWNS:
                 raise OSError(errno.EINVAL, "not a mount namespace")
-        except OSError:
+        except OSError as e:
             raise OperationError("join", f"job {job_id} has lost its namespace (the pin is not "
                                  "mounted); delete and re-create it", path=paths.pin,
-                                 errno=errno.ENOENT) from None
-        flags = record.get("clone_ns_flags") or []
-        if "CLONE_NEWUSER" in flags:
-            handle.user = kernel.ns_get_userns(mnt)
-            if os.fstat(handle.user).st_ino == os.stat("/proc/self/ns/user").st_ino:
-                os.close(handle.user)
-                handle.user = None
-        if "CLONE_NEWPID" in flags:
-            init = read_init_pid(paths, os.fstat(mnt).st_ino)
-            if init is None:
-                raise OperationError("join", f"PID 1 of job {job_id} is gone", path=paths.pid1,
-                                     errno=errno.ESRCH)
-            handle.pid = os.open(f"/proc/{init}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+                                 errno=errno.ENOENT) from e
+        handle.user = kernel.ns_get_userns(mnt)
+        os.set_inheritable(handle.user, False)
+        if os.fstat(handle.user).st_ino == os.stat("/proc/self/ns/user").st_ino:
+            os.close(handle.user)
+            handle.user = None
+        if os.path.lexists(paths.pid1):
+            handle.pid = _open_init(paths, job_id, os.fstat(mnt).st_ino)
     except BaseException:
         handle.close()
         raise
     return handle
+
+
+def _open_init(paths: JobPaths, job_id: str, pin_ino: int) -> int:
+    """A pidfd of the job's PID 1, checked against the pin (rule 3)."""
+    gone = OperationError("join", f"PID 1 of job {job_id} is gone", path=paths.pid1,
+                          errno=errno.ESRCH)
+    pid = read_init_pid(paths, None)
+    if pid is None or pid <= 1:
+        raise gone
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError as e:
+        raise gone from e
+    try:
+        if ns_inode(pid, "mnt") != pin_ino:
+            raise gone
+        kernel.pidfd_send_signal(pidfd, 0)      # still the process that was checked
+    except BaseException as e:
+        os.close(pidfd)
+        if isinstance(e, OSError):
+            raise gone from e
+        raise
+    return pidfd
 
 
 def join(handle: JobNamespaces) -> None:

@@ -84,7 +84,7 @@ class Op:
     HIDE = "hide"                   # as TMPFS without peel; a path missing in the namespace is fine
     INIT = "init"                   # path, source, fstype, flags: PID 1 mounts it, runs the reaper
     PID_FILE = "pid_file"           # path: gets the host pid of PID 1
-    RECORD = "record"               # path: the job record
+    RECORD = "record"               # path: the job record (JSON)
     INDEX = "index"                 # source: the job dir the runtime index entry points to
 
     ALL = frozenset((ENSURE_BASE, JOB_DIR, MKDIR, PIN_FILE, HOOK, UNSHARE, USER_MAP,

@@ -216,6 +216,8 @@ def to_json(obj, level: int = 0) -> str:
 
 
 def write_record(path: str, record: dict) -> None:
+    """The job record: one JSON object (read by jobns, admins, and the JSON reader of
+    jobns_join.h in the PAM module, which needs uid and created_epoch at the top level)."""
     tmp = path + ".tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600)

@@ -14,6 +14,7 @@ import os
 import stat
 
 from jobns import kernel
+from jobns.errors import OperationError
 from jobns.plan import JobPaths
 
 
@@ -49,24 +50,23 @@ def walk_usage(top: str) -> dict:
     return out
 
 
-def _tmpfs_usage_in_ns(pin: str, targets: list[str]) -> dict:
-    """statvfs of the tmpfs mounts at `targets` inside the namespace pinned at `pin`."""
+def _tmpfs_usage_in_ns(paths: JobPaths, job_id: str, targets: list[str]) -> dict:
+    """statvfs of the tmpfs mounts at `targets` inside the job's namespaces (joined by
+    a short-lived child, the way exec joins them)."""
+    from jobns.join import join, open_namespaces
     kernel.require_single_threaded("measuring a job namespace")
-    fd = os.open(pin, os.O_RDONLY | os.O_CLOEXEC)
-    r, w = os.pipe()
-    pid = os.fork()
+    handle = open_namespaces(paths, job_id)
+    try:
+        r, w = os.pipe()
+        pid = os.fork()
+    except BaseException:
+        handle.close()
+        raise
     if pid == 0:  # pragma: no cover - runs in the child
         code = 1
         try:
             os.close(r)
-            try:
-                userns = kernel.ns_get_userns(fd)
-                if os.fstat(userns).st_ino != os.stat("/proc/self/ns/user").st_ino:
-                    kernel.setns(userns, kernel.CLONE_NEWUSER)
-                os.close(userns)
-            except OSError:
-                pass
-            kernel.setns(fd, kernel.CLONE_NEWNS)
+            join(handle)
             fstypes = {}
             for m in kernel.mountinfo():
                 fstypes[m.mount_point] = m.fstype
@@ -83,7 +83,7 @@ def _tmpfs_usage_in_ns(pin: str, targets: list[str]) -> dict:
         finally:
             os._exit(code)
     os.close(w)
-    os.close(fd)
+    handle.close()
     data = b""
     while chunk := os.read(r, 65536):
         data += chunk
@@ -105,8 +105,8 @@ def job_usage(base: str, job_id: str, dirs: list[str],
     in_ns = {}
     if pin_inode(paths.pin) is not None:
         try:
-            in_ns = _tmpfs_usage_in_ns(paths.pin, list(dirs))
-        except OSError:
+            in_ns = _tmpfs_usage_in_ns(paths, job_id, list(dirs))
+        except (OSError, OperationError):
             in_ns = {}
     for d in dirs:
         if d in in_ns:
