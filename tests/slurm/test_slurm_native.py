@@ -22,6 +22,12 @@ import subprocess
 import pytest
 
 import jobns_slurm_native as jsn
+import test_slurm_contract as contract
+# Slurm's own tests as the contract, on this route: the same test functions and fixtures,
+# with `cluster` (below) being the native-route cluster.
+from test_slurm_contract import (dir_confs, hook_plugin, outside_base,  # noqa: F401
+                                 test_other_spank_plugins_hooks,
+                                 test_sbcast_into_the_private_dir)
 
 pytestmark = pytest.mark.slurm
 
@@ -105,12 +111,18 @@ def native(slurm, tmp_path_factory):
     with open(probe_log, "w"):
         pass
     os.chmod(probe_log, 0o666)
+    extra = [f"TaskEpilog={task_epilog}"]
+    if slurm.native_api >= 2405:
+        # as Slurm's test_147_1: the extern step's SPANK hooks run inside too
+        extra.append("SlurmdParameters=contain_spank")
     jsn.use_native(slurm, lines, plugstack=f"required {probe_so} {probe_log}\n",
-                   extra=(f"TaskEpilog={task_epilog}",))
+                   extra=tuple(extra))
     slurm.probe_dir, slurm.probe_log = probe_dir, probe_log
+    slurm.route = "native"
     try:
         yield slurm
     finally:
+        slurm.route = "spank"
         jsn.use_spank(slurm)
 
 
@@ -125,6 +137,12 @@ def ncluster(native):
         native.cmd(["scancel", *jobs])
     if native.node_state().startswith(("drain", "down")):
         native.resume()
+
+
+@pytest.fixture
+def cluster(ncluster):
+    """Slurm's contract tests (test_slurm_contract.py) below run on the native route."""
+    return ncluster
 
 
 def _job_ids_in_base(cluster) -> list[str]:
@@ -359,3 +377,46 @@ def test_failing_create_fails_the_launch_and_leaves_nothing(ncluster):
                         "the failed job to leave the queue")
     state = ncluster.node_state()
     assert not state.startswith(("drain", "down")), state
+
+
+def _skip_if_cluster_hidden(cluster) -> None:
+    """From 24.11 the step's slurmstepd runs inside the job (as with namespace/linux): a
+    private /var/tmp hides what it needs when the cluster root (spool, plugins, logs, the
+    jobns venv) is below /var/tmp, as the default JOBNS_SLURM_TEST_ROOT is."""
+    if cluster.native_api >= 2411 and (cluster.root + "/").startswith("/var/tmp/"):
+        pytest.skip(f"the cluster root {cluster.root} is below /var/tmp, which this test "
+                    "makes private; slurmstepd runs in the job from Slurm 24.11 on and must "
+                    "see its spool and plugins (JOBNS_SLURM_TEST_ROOT outside /var/tmp "
+                    "runs it)")
+
+
+def test_dir_confs_bind_is_private_and_noexec(dir_confs):
+    _skip_if_cluster_hidden(dir_confs)
+    contract.test_dir_confs_bind_is_private_and_noexec(dir_confs)
+
+
+def test_dir_confs_tmpfs_size_nosuid_nodev(dir_confs):
+    _skip_if_cluster_hidden(dir_confs)
+    contract.test_dir_confs_tmpfs_size_nosuid_nodev(dir_confs)
+
+
+def test_dir_confs_per_dir_base_path_and_user_expansion(dir_confs):
+    _skip_if_cluster_hidden(dir_confs)
+    contract.test_dir_confs_per_dir_base_path_and_user_expansion(dir_confs)
+
+
+def test_dir_confs_foreign_per_dir_base_path_is_refused(dir_confs):
+    contract.test_dir_confs_foreign_per_dir_base_path_is_refused(dir_confs)
+
+
+def test_var_tmp_and_dev_shm_private_with_pid_and_user_namespaces(cluster, outside_base):
+    """Slurm's test_159_1 on the native route: from 24.11 as on the SPANK route; before,
+    the PID namespace it asks for is refused (docs/slurm.md), the job does not run."""
+    if cluster.native_api >= 2411:
+        _skip_if_cluster_hidden(cluster)
+        return contract.test_var_tmp_and_dev_shm_private_with_pid_and_user_namespaces(
+            cluster, outside_base)
+    cluster.set_namespace_config(contract.NS_YAML_159_1.format(base=outside_base))
+    r = cluster.srun(ALICE, ["sh", "-c", "echo ran"], timeout=90)
+    assert r.returncode != 0 and "ran" not in r.stdout, (r.stdout, r.stderr)
+    assert "cannot give tasks before Slurm 24.11" in cluster.slurmd_log()
