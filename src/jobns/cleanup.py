@@ -49,7 +49,8 @@ Parallelism
 -----------
 Unlinking is kernel-bound (about 6 us per file on tmpfs, more on ext4 with data), and
 Python's per-entry overhead is of the same order, so a second worker *process* (no GIL)
-nearly halves wall time on 2 cores; threads gain far less (see `bench/cleanup_tree.py`).
+nearly halves wall time on 2 cores (threads gain far less: the GIL); `bench/cleanup_tree.py`
+measures it against `rm -rf`.
 With ``workers=None`` removal starts in the calling process and adds one helper process
 (up to ``os.cpu_count()`` workers, at most `AUTO_WORKERS`) only after `AUTO_PARALLEL_AFTER`
 seconds of work, so small trees cost nothing extra. Work is split without coordination:
@@ -72,7 +73,7 @@ import time
 from . import kernel
 from .values import Record
 
-# json, subprocess and threading are imported only when helper workers start: a job's
+# json and subprocess are imported only when helper workers start: a job's
 # delete usually never needs them, and it runs on every job end.
 
 __all__ = ["CleanupFailure", "CleanupReport", "remove_tree", "empty_dir"]
@@ -88,8 +89,6 @@ WORKAREA_PREFIX = ".jobns-cleanup-"
 AUTO_PARALLEL_AFTER = 0.15
 #: With workers=None: at most this many workers in all (the calling process included).
 AUTO_WORKERS = 2
-#: "process" or "thread": how helpers run (processes measured faster; see module doc).
-HELPER_KIND = "process"
 
 _RETRIES = 3  # attempts for an entry that keeps changing type or inode under us
 _TICK_MASK = 1023  # check the clock every 1024 entries
@@ -126,7 +125,7 @@ class CleanupReport(Record):
         return not self.failures and not self.skipped_mounts
 
 
-# --- results of _Walker._open_dir other than an fd
+# --- results of _Walker.open_dir other than an fd
 _GONE = "gone"  # the entry vanished: nothing to do
 _NOTDIR = "notdir"  # it is (now) not a directory: unlink it instead
 _SKIP = "skip"  # left alone (mount point or failure, already reported): keep the parent
@@ -237,7 +236,7 @@ class _Walker:
             os.close(pfd)
             raise
 
-    def _open_dir(self, parent_fd: int, name: str, rel, ino: int | None):
+    def open_dir(self, parent_fd: int, name: str, rel, ino: int | None):
         """Open parent_fd/name as a directory of this tree: an fd, or _GONE/_NOTDIR/_SKIP."""
         for _ in range(_RETRIES):
             try:
@@ -306,7 +305,7 @@ class _Walker:
         finally:
             os.close(pfd)
 
-    def _inode_flags_problem(self, parent_fd: int, name: str,
+    def inode_flags_problem(self, parent_fd: int, name: str,
                              check_parent: bool = True) -> str | None:
         """After EPERM on removing parent_fd/name: is the entry or its directory immutable
         or append-only? Clears the flags if allowed (then returns None) else explains."""
@@ -362,6 +361,15 @@ class _Walker:
         os.close(pfd)
         return not self._same_tree(st)
 
+    def report_failure(self, parent_fd: int, name: str, rel, op: str, err: OSError,
+                       message: str | None = None) -> None:
+        """Record that parent_fd/name (shown as rel) could not be removed: EBUSY on a
+        mount point is a mount left in place, anything else a failure."""
+        if err.errno == _errno.EBUSY and self._is_mount(parent_fd, name):
+            self._mount(rel)
+        else:
+            self._fail(rel, op, err, message)
+
     def _after_error(self, fr: _Frame, name: str, err: OSError) -> tuple[bool, str | None]:
         """Decide whether removing fr/name is worth retrying after `err`; may widen the
         directory's mode or clear inode flags. Returns (retry, message)."""
@@ -374,7 +382,7 @@ class _Walker:
             except OSError:
                 return False, None
         if err.errno == _errno.EPERM:
-            problem = self._inode_flags_problem(fr.fd, name)
+            problem = self.inode_flags_problem(fr.fd, name)
             if problem is None and self.clear_immutable:
                 return True, None
             return False, problem
@@ -407,10 +415,8 @@ class _Walker:
             fr.keep = True
             return
         rel = self._rel(fr, name)
-        if err.errno == _errno.EBUSY and self._is_mount(fr.fd, name):
-            self._mount(rel)
-        else:
-            self._fail(rel, "unlink", err, message if err.errno == _errno.EPERM else None)
+        self.report_failure(fr.fd, name, rel, "unlink", err,
+                            message if err.errno == _errno.EPERM else None)
         fr.keep = True
 
     def _dir(self, fr: _Frame, name: str, ino: int | None, stack: list,
@@ -423,7 +429,7 @@ class _Walker:
             return
         def rel():
             return self._rel(fr, name)
-        fd = self._open_dir(fr.fd, name, rel, ino)
+        fd = self.open_dir(fr.fd, name, rel, ino)
         if fd is _GONE:
             return
         if fd is _NOTDIR:
@@ -462,7 +468,7 @@ class _Walker:
             except OSError as e:
                 self._fail(_join(self.top_rel, name), "mkdir", e)
                 return False
-            fd = self._open_dir(self.top_fd, name, _join(self.top_rel, name), None)
+            fd = self.open_dir(self.top_fd, name, _join(self.top_rel, name), None)
             if isinstance(fd, int):
                 self.wa_fd, self.wa_name = fd, name
                 return True
@@ -480,9 +486,9 @@ class _Walker:
         except FileNotFoundError:
             return
         except OSError as e:
-            # EBUSY/EXDEV: a mount point (reported by _open_dir); otherwise a real failure.
+            # EBUSY/EXDEV: a mount point (reported by open_dir); otherwise a real failure.
             rel = self._rel(fr, name)
-            fd = self._open_dir(fr.fd, name, rel, None)
+            fd = self.open_dir(fr.fd, name, rel, None)
             if isinstance(fd, int):
                 os.close(fd)
                 self._fail(rel, "rename", e)
@@ -521,10 +527,8 @@ class _Walker:
             if not retry:
                 break
         rel = self._rel(parent, fr.name)
-        if err.errno == _errno.EBUSY and self._is_mount(parent.fd, fr.name):
-            self._mount(rel)
-        else:
-            self._fail(rel, "rmdir", err, message if err.errno == _errno.EPERM else None)
+        self.report_failure(parent.fd, fr.name, rel, "rmdir", err,
+                            message if err.errno == _errno.EPERM else None)
         parent.keep = True
 
     # ----------------------------------------------------------------- walking
@@ -585,7 +589,7 @@ class _Walker:
                     fr.fd = -1
 
     def _root(self, fd_of_dir: int, *, base: str, ino: int, is_wa: bool = False):
-        fd = self._open_dir(fd_of_dir, ".", base, ino)
+        fd = self.open_dir(fd_of_dir, ".", base, ino)
         if not isinstance(fd, int):
             return None
         try:
@@ -633,33 +637,6 @@ class _Walker:
 
 
 # --------------------------------------------------------------------- helpers
-class _ThreadHelper:
-    def __init__(self, top_fd, ident, part, nparts, skip_prefix):
-        self.result = (0, 0)
-
-        def run():
-            fd = os.open(".", _DIR_FLAGS, dir_fd=top_fd)
-            try:
-                w = _Walker(fd, "", ident, authoritative=False, may_move=False,
-                            skip_prefix=skip_prefix)
-                w.part, w.nparts = part, nparts
-                w.empty()
-                self.result = (w.files, w.dirs)
-            finally:
-                os.close(fd)
-
-        import threading
-        self.thread = threading.Thread(target=run, name="jobns-cleanup", daemon=True)
-        self.thread.start()
-
-    def finish(self) -> tuple[int, int]:
-        self.thread.join()
-        return self.result
-
-    def kill(self) -> None:  # threads cannot be killed; the walk ends by itself
-        self.thread.join()
-
-
 class _ProcessHelper:
     def __init__(self, top_fd, ident, part, nparts, skip_prefix):
         import json
@@ -703,13 +680,12 @@ def _helper_main(arg: str) -> None:
 
 def _start_helpers(w: _Walker, n: int, helpers: list) -> None:
     """Split the rest of the work among n workers: the walker w and n-1 helpers."""
-    if n < 2 or helpers:
+    if n < 2 or helpers or not sys.executable:   # no interpreter to spawn: work alone
         return
-    kind = _ThreadHelper if HELPER_KIND == "thread" or not sys.executable else _ProcessHelper
     ident = kernel.StatxResult(0, w.top_ino, w.dev, w.mnt)
     for k in range(1, n):
         try:
-            helpers.append(kind(w.top_fd, ident, k, n, WORKAREA_PREFIX))
+            helpers.append(_ProcessHelper(w.top_fd, ident, k, n, WORKAREA_PREFIX))
         except OSError:
             break
     if helpers:
@@ -821,10 +797,7 @@ def remove_tree(parent_fd: int, name: str, *, workers: int | None = None,
 
     def finish(err: OSError | None = None, op: str = "", message: str | None = None):
         if err is not None:
-            if err.errno == _errno.EBUSY and pw._is_mount(parent_fd, name):
-                pw._mount(name)
-            else:
-                pw._fail(name, op, err, message)
+            pw.report_failure(parent_fd, name, name, op, err, message)
         report.failures.extend(pw.failures)
         report.skipped_mounts.extend(pw.mounts)
         return report
@@ -832,7 +805,7 @@ def remove_tree(parent_fd: int, name: str, *, workers: int | None = None,
     def perm_retry(err: OSError) -> tuple[bool, str | None]:
         if err.errno != _errno.EPERM:
             return False, None
-        problem = pw._inode_flags_problem(parent_fd, name, check_parent=False)
+        problem = pw.inode_flags_problem(parent_fd, name, check_parent=False)
         return problem is None and clear_immutable, problem
 
     tried_flags = False
@@ -858,7 +831,7 @@ def remove_tree(parent_fd: int, name: str, *, workers: int | None = None,
                     tried_flags = True
                     continue
                 return finish(e, "unlink", message)
-        fd = pw._open_dir(parent_fd, name, name, lst.st_ino)
+        fd = pw.open_dir(parent_fd, name, name, lst.st_ino)
         if fd is _GONE or fd is _SKIP:  # a mount point or a failure is already recorded
             return finish()
         if fd is _NOTDIR:

@@ -160,7 +160,10 @@ class Context:
 
     @property
     def node_name(self) -> str:
-        return self.node or os.uname().nodename.split(".")[0]
+        if self.node:
+            return self.node
+        from jobns.config.model import short_hostname
+        return short_hostname()
 
     def config(self, node: str | None = None):
         from jobns import config
@@ -232,7 +235,7 @@ def cmd_create(ctx: Context, args) -> int:
     if args.dry_run:
         from jobns.plan import build_plan
         if not cfg.enabled:
-            raise UsageError(f"jobns is disabled on node {cfg.node_name} ({cfg.origin})")
+            raise UsageError(cfg.disabled_message)
         print(build_plan(cfg, job).describe())
         return EXIT_OK
     _require_root("create")
@@ -273,8 +276,7 @@ def cmd_restore(ctx: Context, args) -> int:
     live = {validate_job_id(x.strip()) for x in args.live.split(",") if x.strip()}
     cfg = ctx.config()
     if not cfg.enabled:
-        ctx.log("info", f"jobns is disabled on node {cfg.node_name} ({cfg.origin}); "
-                "nothing to restore")
+        ctx.log("info", f"{cfg.disabled_message}; nothing to restore")
         return EXIT_OK
     result = restore(cfg, live, log=ctx.log)
     return EXIT_OK if result.ok else EXIT_FAILED
@@ -304,7 +306,7 @@ def cmd_list(ctx: Context, args) -> int:
         return EXIT_OK
     if not jobs:
         print(f"no job namespaces under {cfg.base_path}" if cfg.enabled else
-              f"jobns is disabled on node {cfg.node_name}")
+              cfg.disabled_message)
         return EXIT_OK
     rows = [("JOB", "USER", "STATE", "CREATED", "DIRS", "NAMESPACES")]
     if args.usage:

@@ -7,7 +7,6 @@ Exit codes of the CLI follow from the type: 2 for usage and configuration errors
 from __future__ import annotations
 
 import errno as _errno
-import os
 
 
 class JobnsError(Exception):
@@ -78,7 +77,3 @@ class OperationError(JobnsError):
 
 def errno_name(num: int) -> str:
     return _errno.errorcode.get(num, str(num))
-
-
-def oserror(num: int, path: str | None = None) -> OSError:
-    return OSError(num, os.strerror(num), path)

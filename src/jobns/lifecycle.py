@@ -21,8 +21,9 @@ from jobns.join import (Identity, JobNamespaces, become, exec_in, exit_like, joi
                         resolve_identity, run, wait_relaying)
 from jobns.plan import RECORD_VERSION, JobPaths
 from jobns.restore import RestoreResult, list_jobs, restore
-from jobns.store import (DEFAULT_RUNTIME_DIR, FAIL_ENV, RUNTIME_ENV, STATE_READY, TRASH,
-                         ensure_base, index_path, job_lock, pin_inode, runtime_dir)
+from jobns.config.model import DEFAULT_RUNTIME_DIR, RUNTIME_ENV, runtime_dir
+from jobns.store import (FAIL_ENV, STATE_READY, TRASH, ensure_base, index_path, job_lock,
+                         pin_inode)
 
 __all__ = [
     "create", "delete", "purge_trash", "DeleteResult", "restore", "list_jobs", "RestoreResult",

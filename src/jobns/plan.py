@@ -331,7 +331,7 @@ def _hook_step(name: str, where: str, op: str, hook: str, cfg: NodeConfig, job: 
 
 def build_plan(cfg: NodeConfig, job: Job) -> Plan:
     if cfg.base_path is None:
-        raise ValueError("jobns is disabled on this node (no base_path)")
+        raise ValueError(cfg.disabled_message)
     paths = JobPaths.of(cfg.base_path, job.job_id)
     flags = tuple(cfg.clone_ns_flags)
     steps: list[Step] = []

@@ -17,7 +17,7 @@ import fcntl
 import os
 from jobns import kernel
 from jobns._lazy import lazy
-from jobns.config.model import NodeConfig
+from jobns.config.model import NodeConfig, runtime_dir
 from jobns.errors import OperationError, UsageError
 from jobns.log import null_log
 from jobns.plan import JobPaths
@@ -29,14 +29,8 @@ json = lazy("json")
 
 TRASH = ".jobns-trash"
 FAIL_ENV = "JOBNS_TEST_FAIL_STEP"       # failure injection, used by the test suite
-RUNTIME_ENV = "JOBNS_RUNTIME_DIR"
-DEFAULT_RUNTIME_DIR = "/run/jobns"
 
 STATE_READY = "ready"
-
-
-def runtime_dir() -> str:
-    return os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME_DIR
 
 
 def ensure_private_dir(path: str) -> None:
@@ -58,8 +52,7 @@ def fail_point(step: str) -> None:
 
 def require_base(cfg: NodeConfig) -> str:
     if cfg.base_path is None:
-        raise UsageError(f"jobns is disabled on node {cfg.node_name} by {cfg.source} "
-                         f"({cfg.origin}): no base_path")
+        raise UsageError(cfg.disabled_message)
     return cfg.base_path
 
 

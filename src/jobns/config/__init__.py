@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import stat
 
-from jobns.config.model import NodeConfig, builtin_default
+from jobns.config.model import NodeConfig, builtin_default, short_hostname
 from jobns.errors import ConfigError
 
 DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
@@ -266,7 +266,7 @@ def load(path: str | None, node: str, *, hostname: str | None = None,
     from jobns.config import _common
 
     if hostname is None:
-        hostname = _common.short_hostname()
+        hostname = short_hostname()
     key = None
     if use_cache:
         key = _cache_key(path, node, hostname)
@@ -412,10 +412,9 @@ def format_show(cfg: NodeConfig) -> str:
     """The human-readable table of ``jobns config show``."""
     rows = [("node_name", cfg.node_name),
             ("enabled", "yes" if cfg.enabled else "no (no base_path, or base_path none)")]
-    for name in ("base_path", "auto_base_path", "dirs", "dir_confs", "shared", "clone_ns_flags",
-                 "init_script", "clone_ns_script", "clone_ns_script_wait", "clone_ns_epilog",
-                 "clone_ns_epilog_wait", "user_ns_script", "disable_bpf_token",
-                 "entire_step_in_ns", "source", "origin"):
+    for name in NodeConfig._fields:
+        if name in ("node_name", "warnings"):
+            continue
         value = getattr(cfg, name)
         if name == "dir_confs":
             if value:

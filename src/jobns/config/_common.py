@@ -15,7 +15,7 @@ import posixpath
 import stat
 
 from jobns.config.model import (CLONE_NEWNS, DEFAULT_DIRS, DEFAULT_WAIT, DIR_FLAGS,
-                                KNOWN_CLONE_FLAGS, DirConf, NodeConfig)
+                                KNOWN_CLONE_FLAGS, DirConf, NodeConfig, short_hostname)
 from jobns.errors import ConfigError
 from jobns._lazy import lazy
 from jobns.values import Frozen, Record
@@ -396,10 +396,6 @@ def parse_flags(tokens: list[str], fnd: Findings, line: int | None, key: str) ->
 def is_none_path(value: str) -> bool:
     """Slurm's test: the first four characters are 'none', in any case."""
     return value[:4].lower() == "none"
-
-
-def short_hostname() -> str:
-    return os.uname().nodename.split(".", 1)[0]
 
 
 def expand_base_path(value: str, node: str, hostname: str) -> str:

@@ -19,16 +19,15 @@ import os
 import stat
 import zlib
 
-from jobns.config.model import KNOWN_CLONE_FLAGS, DirConf, NodeConfig
+from jobns.config.model import KNOWN_CLONE_FLAGS, DirConf, NodeConfig, runtime_dir
 
-DEFAULT_RUNTIME_DIR = "/run/jobns"
 SUBDIR = "config-cache"
 MAX_ENTRY = 1 << 20
 _FORMAT_VERSION = 2
 
 
 def cache_dir() -> str:
-    return os.path.join(os.environ.get("JOBNS_RUNTIME_DIR") or DEFAULT_RUNTIME_DIR, SUBDIR)
+    return os.path.join(runtime_dir(), SUBDIR)
 
 
 def make_key(path: str, st: os.stat_result, fmt: str, node: str, hostname: str) -> dict:
@@ -117,20 +116,26 @@ def put(key: dict, cfg: NodeConfig) -> bool:
                 pass
 
 
-_STR_OR_NONE = ("base_path", "init_script", "clone_ns_script", "clone_ns_epilog",
-                "user_ns_script")
-_BOOLS = ("auto_base_path", "shared", "disable_bpf_token", "entire_step_in_ns")
-_INTS = ("clone_ns_script_wait", "clone_ns_epilog_wait")
-_STRS = ("node_name", "source", "origin")
-_LISTS = ("dirs", "clone_ns_flags", "warnings")
+def _fields_of(annotation: str) -> tuple[str, ...]:
+    """NodeConfig's fields declared with that type (the model is the one field list)."""
+    return tuple(f for f in NodeConfig._fields if NodeConfig.__annotations__[f] == annotation)
+
+
+_STR_OR_NONE = _fields_of("str | None")
+_BOOLS = _fields_of("bool")
+_INTS = _fields_of("int")
+_STRS = _fields_of("str")
+_LISTS = _fields_of("tuple[str, ...]")
+# a field of another type needs a check in _from_dict; until then no entry is trusted
+_UNCHECKED = set(NodeConfig._fields) - set(_STR_OR_NONE + _BOOLS + _INTS + _STRS + _LISTS +
+                                           ("dir_confs",))
 
 
 def _from_dict(d) -> NodeConfig | None:
     """Rebuild a NodeConfig, checking every field's type; None if anything is off."""
-    if not isinstance(d, dict):
+    if not isinstance(d, dict) or _UNCHECKED:
         return None
-    expected = set(_STR_OR_NONE + _BOOLS + _INTS + _STRS + _LISTS + ("dir_confs",))
-    if set(d) != expected:
+    if set(d) != set(NodeConfig._fields):
         return None
     dir_confs = _dir_confs(d["dir_confs"])
     if dir_confs is None:

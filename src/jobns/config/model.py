@@ -6,6 +6,8 @@ all return a `NodeConfig`. Nothing outside jobns.config parses configuration.
 
 from __future__ import annotations
 
+import os
+
 from jobns.values import Frozen
 
 # Canonical clone flag names, in the order namespaces are joined (PID, USER, MNT).
@@ -15,6 +17,10 @@ CLONE_NEWNS = "CLONE_NEWNS"
 KNOWN_CLONE_FLAGS = (CLONE_NEWPID, CLONE_NEWUSER, CLONE_NEWNS)
 
 DEFAULT_BASE_PATH = "/var/lib/jobns"
+
+# The runtime dir (locks, the job index, the config cache) is set by the environment.
+RUNTIME_ENV = "JOBNS_RUNTIME_DIR"
+DEFAULT_RUNTIME_DIR = "/run/jobns"     # also JOBNS_DEFAULT_RUNTIME in slurm/jobns_join.h
 DEFAULT_DIRS = ("/tmp", "/dev/shm")
 DEFAULT_WAIT = 10
 SHM_DIR = "/dev/shm"
@@ -88,6 +94,12 @@ class NodeConfig(Frozen):
         return self.base_path is not None
 
     @property
+    def disabled_message(self) -> str:
+        """What every command says when jobns is disabled on this node."""
+        return (f"jobns is disabled on node {self.node_name} by {self.source} "
+                f"({self.origin}): no base_path")
+
+    @property
     def new_pid(self) -> bool:
         return CLONE_NEWPID in self.clone_ns_flags
 
@@ -108,6 +120,16 @@ class NodeConfig(Frozen):
 def builtin_default(node_name: str) -> NodeConfig:
     """The configuration used when no config file exists anywhere."""
     return NodeConfig(node_name=node_name)
+
+
+def runtime_dir() -> str:
+    return os.environ.get(RUNTIME_ENV) or DEFAULT_RUNTIME_DIR
+
+
+def short_hostname() -> str:
+    """The host name up to its first dot: the node name when none is given (Slurm's
+    default NodeName, and what %h expands to)."""
+    return os.uname().nodename.split(".", 1)[0]
 
 
 def mangle(path: str) -> str:

@@ -56,8 +56,7 @@ def cmd_prolog(args, ctx) -> int:
     cfg = _load_config(ctx, node)
     if not cfg.enabled:
         _mark_disabled(True)
-        ctx.log("info", f"job {job.job_id}: jobns is disabled on node {node} "
-                        f"({cfg.source}); no namespace created")
+        ctx.log("info", f"job {job.job_id}: {cfg.disabled_message}; no namespace created")
         return 0
     _mark_disabled(False)
     create(cfg, job, log=ctx.log)
@@ -100,7 +99,7 @@ def cmd_restore(args, ctx) -> int:
     cfg = _load_config(ctx, node)
     _mark_disabled(not cfg.enabled)
     if not cfg.enabled:
-        ctx.log("info", f"jobns is disabled on node {node} ({cfg.source}); nothing to restore")
+        ctx.log("info", f"{cfg.disabled_message}; nothing to restore")
         return 0
     ctx.log("info", f"restore on node {node}: live jobs from {spool}: "
                     f"{','.join(sorted(live, key=int)) or 'none'}")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import socket
 from collections.abc import Mapping
 
 from jobns.errors import UsageError
@@ -69,4 +68,5 @@ def node_name(explicit: str | None, env: Mapping[str, str] | None = None) -> str
     name = env.get("SLURMD_NODENAME")
     if name:
         return name
-    return socket.gethostname().split(".", 1)[0]
+    from jobns.config.model import short_hostname
+    return short_hostname()

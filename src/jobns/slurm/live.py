@@ -56,8 +56,8 @@ def slurmd_spool_dir(slurm_conf: str | None, node: str) -> str:
             value = m.group(1).strip('"')
     if not value:
         value = DEFAULT_SPOOL_DIR
-    host = socket.gethostname().split(".", 1)[0]
-    return value.replace("%n", node).replace("%h", host)
+    from jobns.config.model import short_hostname
+    return value.replace("%n", node).replace("%h", short_hostname())
 
 
 def step_sockets(spool_dir: str, node: str) -> list[tuple[str, str]]:
