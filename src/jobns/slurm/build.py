@@ -226,12 +226,11 @@ def slurm_plugin_dir(explicit: str | None = None) -> str | None:
     PluginDir, else the first usual directory that holds Slurm plugins."""
     if explicit:
         return os.path.abspath(explicit)
-    from jobns.slurm.live import _conf_lines
-    conf = os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf"
-    for line in _conf_lines(conf):
-        key, _, value = line.partition("=")
-        if key.strip().lower() == "plugindir" and value.strip():
-            return value.strip()
+    from jobns.slurm.live import DEFAULT_SLURM_CONF, slurm_conf_values
+    conf = os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
+    plugin_dir = slurm_conf_values(conf).get("plugindir", "").strip()
+    if plugin_dir:
+        return plugin_dir
     for d in PLUGIN_DIR_CANDIDATES:
         if os.path.isfile(os.path.join(d, "select_cons_tres.so")) or \
                 os.path.isfile(os.path.join(d, "auth_munge.so")):

@@ -21,41 +21,45 @@ DEFAULT_SPOOL_DIR = "/var/spool/slurmd"
 _DEAD = (errno.ECONNREFUSED, errno.ENOENT)
 
 
-def _conf_lines(path: str, depth: int = 0):
-    """Logical lines of a slurm.conf, following Include directives (globs allowed)."""
+def slurm_conf_values(path: str, depth: int = 0) -> dict[str, str]:
+    """Lower-case key -> value (the last one wins) of a slurm.conf and the files it
+    Includes (globs allowed), read with the rules of jobns.config.conf_reader: comments,
+    line continuations, escapes and quoted values as Slurm's parser reads them. An
+    unreadable file gives nothing."""
+    from jobns.config.conf_reader import logical_lines, split_pairs
+    values: dict[str, str] = {}
     if depth > 10:
-        return
+        return values
     try:
         with open(path, encoding="utf-8", errors="replace") as f:
             text = f.read()
     except OSError:
-        return
+        return values
     base = os.path.dirname(path)
-    text = text.replace("\\\n", "")
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+    for _, line in logical_lines(text):
+        words = line.split(None, 1)
+        if not words:
             continue
-        head, _, rest = line.partition(" ")
-        if head.lower() == "include" and rest.strip():
-            pattern = rest.strip()
+        if words[0].lower() == "include" and len(words) == 2:
+            pattern = words[1].strip()
             if not os.path.isabs(pattern):
                 pattern = os.path.join(base, pattern)
             for inc in sorted(glob.glob(pattern)):
-                yield from _conf_lines(inc, depth + 1)
+                values.update(slurm_conf_values(inc, depth + 1))
             continue
-        yield line
+        try:
+            pairs = split_pairs(line)
+        except ValueError:
+            continue          # not key=value: nothing jobns reads
+        for key, value, _ in pairs:
+            values[key.lower()] = value
+    return values
 
 
 def slurmd_spool_dir(slurm_conf: str | None, node: str) -> str:
     """SlurmdSpoolDir of `node` (with %n and %h expanded), Slurm's default if unset."""
     conf = slurm_conf or os.environ.get("SLURM_CONF") or DEFAULT_SLURM_CONF
-    value = None
-    for line in _conf_lines(conf):
-        for m in re.finditer(r"(?i)(?:^|\s)slurmdspooldir\s*=\s*(\"[^\"]*\"|\S+)", line):
-            value = m.group(1).strip('"')
-    if not value:
-        value = DEFAULT_SPOOL_DIR
+    value = slurm_conf_values(conf).get("slurmdspooldir") or DEFAULT_SPOOL_DIR
     from jobns.config.model import short_hostname
     return value.replace("%n", node).replace("%h", short_hostname())
 
