@@ -23,7 +23,7 @@
  *   restore  (slurmd start)       -> `jobns slurm restore --spool-dir <SlurmdSpoolDir>`
  * all through jobns_run() (jobns_run.h), the job-start path the SPANK plugin uses.
  *   join     open the job's pin <runtime>/jobs/<J>/.ns/mnt and setns: PID (children
- *            only), USER, MNT.  Slurm calls it in single-threaded forked children: the
+ *            only), USER, MNT, with jobns_join.h (the join of the SPANK and PAM modules).  Slurm calls it in single-threaded forked children: the
  *            task before exec, TaskProlog/TaskEpilog, the sbcast writer in slurmd, x11
  *            and, from 24.11 on, slurmd's child that execs a step's slurmstepd, so the
  *            whole step (SPANK plugins included) runs inside the job's namespaces.
@@ -71,25 +71,13 @@
 /* slurm_error(), slurm_info() and slurm_debug(): libslurm's logging (log.h, also what
  * the SPANK API exports; jobns_run.h uses the first two) */
 #include "jobns_run.h"
+#include "jobns_join.h"
 
 #ifndef JOBNS_API
 #error "JOBNS_API is not set (build with jobns slurm build-plugin --native)"
 #endif
 #if !defined(JOBNS_EXE) || !defined(JOBNS_RUNTIME) || !defined(JOBNS_CONFIG)
 #error "JOBNS_EXE, JOBNS_CONFIG and JOBNS_RUNTIME must be defined by the build"
-#endif
-
-#ifndef SYS_pidfd_open
-#define SYS_pidfd_open 434
-#endif
-#ifndef SYS_pidfd_send_signal
-#define SYS_pidfd_send_signal 424
-#endif
-#ifndef NS_GET_USERNS
-#define NS_GET_USERNS 0xb701
-#endif
-#ifndef NS_GET_NSTYPE
-#define NS_GET_NSTYPE 0xb703
 #endif
 
 #if JOBNS_API >= 2511
@@ -113,27 +101,7 @@ static const struct jobns_cmd jobns_cmd = { JOBNS_EXE, JOBNS_CONFIG, JOBNS_RUNTI
 
 /* The job's namespaces, opened once in the extern slurmstepd for join_external. */
 static uint32_t ext_job;
-static int ext_mnt = -1, ext_user = -1, ext_pid = -1;
-
-struct job_ns {
-	int mnt, user, pid;	/* nsfs fds (pid: /proc/<PID 1>/ns/pid), -1 if none */
-	ino_t mnt_ino;
-};
-
-static void close_fd(int *fd)
-{
-	if (*fd >= 0) {
-		close(*fd);
-		*fd = -1;
-	}
-}
-
-static void close_ns(struct job_ns *ns)
-{
-	close_fd(&ns->mnt);
-	close_fd(&ns->user);
-	close_fd(&ns->pid);
-}
+static struct jobns_job ext = { -1, -1, -1, "", "" };
 
 static const char *node_name(void)
 {
@@ -151,124 +119,24 @@ static int disabled_on_node(void)
 	return access(path, F_OK) == 0;
 }
 
-static int job_path(char *buf, size_t len, uint32_t job, const char *leaf)
-{
-	int n = snprintf(buf, len, "%s/jobs/%u/.ns/%s", JOBNS_RUNTIME, job, leaf);
-
-	return (n < 0 || (size_t) n >= len) ? -1 : 0;
-}
-
-static int same_ns(int fd, const char *proc)
-{
-	struct stat a, b;
-
-	return fstat(fd, &a) == 0 && stat(proc, &b) == 0 &&
-	       a.st_ino == b.st_ino && a.st_dev == b.st_dev;
-}
-
-/* The job's PID namespace: its PID 1 is named in .ns/pid1 and must live in the job's
- * mount namespace; the nsfs file is opened while a pidfd holds that process. */
-static int open_pid_ns(uint32_t job, struct job_ns *ns)
-{
-	char path[PATH_MAX], buf[32], proc[64];
-	struct stat st;
-	ssize_t n;
-	long pid;
-	char *end;
-	int fd, pfd, ok;
-
-	if (job_path(path, sizeof(path), job, "pid1") < 0)
-		return -1;
-	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-	if (fd < 0) {
-		if (errno == ENOENT)
-			return 0;	/* no PID namespace for this job */
-		slurm_error("jobns: job %u: open %s: %s", job, path, strerror(errno));
-		return -1;
-	}
-	n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0) {
-		slurm_error("jobns: job %u: %s is empty or unreadable", job, path);
-		return -1;
-	}
-	buf[n] = '\0';
-	errno = 0;
-	pid = strtol(buf, &end, 10);
-	if (errno || pid <= 1 || pid > INT_MAX || (*end && *end != '\n')) {
-		slurm_error("jobns: job %u: %s does not hold a process id", job, path);
-		return -1;
-	}
-	pfd = (int) syscall(SYS_pidfd_open, (pid_t) pid, 0U);
-	if (pfd < 0) {
-		slurm_error("jobns: job %u: PID 1 of the job's PID namespace (pid %ld) is gone: %s",
-			    job, pid, strerror(errno));
-		return -1;
-	}
-	snprintf(proc, sizeof(proc), "/proc/%ld/ns/pid", pid);
-	ns->pid = open(proc, O_RDONLY | O_CLOEXEC);
-	snprintf(proc, sizeof(proc), "/proc/%ld/ns/mnt", pid);
-	ok = ns->pid >= 0 && stat(proc, &st) == 0 && st.st_ino == ns->mnt_ino &&
-	     syscall(SYS_pidfd_send_signal, pfd, 0, NULL, 0U) == 0;
-	close(pfd);
-	if (!ok) {
-		slurm_error("jobns: job %u: pid %ld is not the job's PID 1 (not in its mount namespace)",
-			    job, pid);
-		close_fd(&ns->pid);
-		return -1;
-	}
-	return 0;
-}
-
 /*
- * Open the job's namespaces from the host's mount namespace.  Returns 1 when the job
- * has none because jobns is disabled on this node, 0 when opened, -1 on error.
+ * Open the job's namespaces (jobns_join.h) from the host's mount namespace.  Returns 1
+ * when the job has none because jobns is disabled on this node, 0 when open, -1 on error.
  */
-static int open_job(uint32_t job, struct job_ns *ns)
+static int open_job(uint32_t job, struct jobns_job *j)
 {
-	char path[PATH_MAX];
-	struct stat st, own;
-	int fd;
+	char id[16], err[JOBNS_ERR_MAX];
 
-	ns->mnt = ns->user = ns->pid = -1;
-	if (job_path(path, sizeof(path), job, "mnt") < 0) {
-		slurm_error("jobns: job %u: runtime path too long", job);
-		return -1;
+	snprintf(id, sizeof(id), "%u", job);
+	if (jobns_open(j, JOBNS_RUNTIME, id, err, sizeof(err)) == 0)
+		return 0;
+	if (errno == ENOENT && disabled_on_node()) {
+		debug("jobns: job %u: jobns is disabled on this node", job);
+		return 1;
 	}
-	ns->mnt = open(path, O_RDONLY | O_CLOEXEC);
-	if (ns->mnt < 0) {
-		if (errno == ENOENT && disabled_on_node()) {
-			debug("jobns: job %u: jobns is disabled on this node", job);
-			return 1;
-		}
-		slurm_error("jobns: job %u: cannot open the job's namespace %s: %s (did the job's extern step create it? PrologFlags=Contain is required)",
-			    job, path, strerror(errno));
-		return -1;
-	}
-	if (ioctl(ns->mnt, NS_GET_NSTYPE) != CLONE_NEWNS || fstat(ns->mnt, &st) < 0) {
-		slurm_error("jobns: job %u: %s is not a mount namespace pin", job, path);
-		close_ns(ns);
-		return -1;
-	}
-	ns->mnt_ino = st.st_ino;
-	fd = ioctl(ns->mnt, NS_GET_USERNS);
-	if (fd < 0 || fcntl(fd, F_SETFD, FD_CLOEXEC) < 0 || fstat(fd, &st) < 0 ||
-	    stat("/proc/self/ns/user", &own) < 0) {
-		slurm_error("jobns: job %u: the job's user namespace: %s", job, strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		close_ns(ns);
-		return -1;
-	}
-	if (st.st_ino == own.st_ino && st.st_dev == own.st_dev)
-		close(fd);	/* the job has no user namespace of its own */
-	else
-		ns->user = fd;
-	if (open_pid_ns(job, ns) < 0) {
-		close_ns(ns);
-		return -1;
-	}
-	return 0;
+	slurm_error("jobns: job %u: %s%s", job, err, errno == ENOENT ?
+		    " (did the job's extern step create it? PrologFlags=Contain is required)" : "");
+	return -1;
 }
 
 /* This process joined the job at step creation (and is still in its namespace). */
@@ -291,81 +159,67 @@ static int joined_at_step_create(uint32_t job)
  */
 static int join_job(uint32_t job, bool whole_step)
 {
-	struct job_ns ns;
-	char mark[64];
-	int rc, pid_refused = 0;
+	struct jobns_job j;
+	char mark[64], err[JOBNS_ERR_MAX];
+	struct stat st;
+	int rc;
 
 	if (job == 0)
 		return SLURM_SUCCESS;	/* not a job: a script of slurmd's own */
 	if (joined_at_step_create(job))
 		return SLURM_SUCCESS;
-	rc = open_job(job, &ns);
+	rc = open_job(job, &j);
 	if (rc)
 		return rc > 0 ? SLURM_SUCCESS : SLURM_ERROR;
-	if (same_ns(ns.mnt, "/proc/self/ns/mnt")) {
-		close_ns(&ns);
+	if (jobns_same_file(j.mnt_fd, "/proc/self/ns/mnt")) {
+		jobns_close(&j);
 		return SLURM_SUCCESS;
 	}
 #if JOBNS_API < 2411
 	/* The caller is already forked: it cannot be born in the PID namespace.  It still
-	 * joins the others (a caller that ignores the error, like Slurm's TaskEpilog,
-	 * runs inside them), and the error fails the task. */
+	 * joins the others (a caller that ignores the error, like Slurm's TaskEpilog, runs
+	 * inside them), and the error fails the task. */
 	(void) whole_step;
-	pid_refused = ns.pid >= 0;
-	close_fd(&ns.pid);
+	(void) mark;
+	(void) st;
+	rc = jobns_join_user_mnt(&j, err, sizeof(err)) < 0 ? -1 : 0;
+	if (!rc && j.pid_fd >= 0) {
+		snprintf(err, sizeof(err), "the job has a PID namespace (clone_ns_flags CLONE_NEWPID), which job_container/jobns cannot give tasks before Slurm 24.11: use the SPANK plugin for such jobs");
+		rc = -1;
+	}
+#else
+	rc = jobns_join(&j, err, sizeof(err));
+	if (!rc && whole_step) {
+		if (fstat(j.mnt_fd, &st) < 0)
+			rc = jobns_err(err, sizeof(err), "fstat %s: %s", j.pin, strerror(errno));
+		else if (snprintf(mark, sizeof(mark), "%u:%llu", job,
+				  (unsigned long long) st.st_ino) < 0 ||
+			 setenv(JOINED_ENV, mark, 1) < 0)
+			rc = jobns_err(err, sizeof(err), "setenv: %s", strerror(errno));
+	}
 #endif
-	if (ns.pid >= 0 && setns(ns.pid, CLONE_NEWPID) < 0) {
-		slurm_error("jobns: job %u: setns(PID namespace): %s", job, strerror(errno));
-		close_ns(&ns);
-		return SLURM_ERROR;
-	}
-	if (ns.user >= 0 && setns(ns.user, CLONE_NEWUSER) < 0) {
-		slurm_error("jobns: job %u: setns(user namespace): %s", job, strerror(errno));
-		close_ns(&ns);
-		return SLURM_ERROR;
-	}
-	if (setns(ns.mnt, CLONE_NEWNS) < 0) {
-		slurm_error("jobns: job %u: setns(mount namespace): %s", job, strerror(errno));
-		close_ns(&ns);
-		return SLURM_ERROR;
-	}
-	if (whole_step) {
-		snprintf(mark, sizeof(mark), "%u:%llu", job, (unsigned long long) ns.mnt_ino);
-		if (setenv(JOINED_ENV, mark, 1) < 0) {
-			slurm_error("jobns: job %u: setenv: %s", job, strerror(errno));
-			close_ns(&ns);
-			return SLURM_ERROR;
-		}
-	}
-	close_ns(&ns);
-	if (pid_refused) {
-		slurm_error("jobns: job %u: the job has a PID namespace (clone_ns_flags CLONE_NEWPID), which job_container/jobns cannot give tasks before Slurm 24.11: use the SPANK plugin for such jobs",
-			    job);
+	jobns_close(&j);
+	if (rc) {
+		slurm_error("jobns: job %u: %s", job, err);
 		return SLURM_ERROR;
 	}
 	return SLURM_SUCCESS;
 }
 
 /* The job's namespaces for an adopted process (pam_slurm_adopt), opened once by the
- * extern slurmstepd, which runs in the host's mount namespace. */
+ * extern slurmstepd, which runs in the host's mount namespace.  1: jobns is disabled
+ * on this node (no namespaces), 0: open, -1: error. */
 static int open_external(uint32_t job)
 {
-	struct job_ns ns;
 	int rc;
 
-	if (ext_mnt >= 0 && ext_job == job)
+	if (ext.mnt_fd >= 0 && ext_job == job)
 		return 0;
-	close_fd(&ext_mnt);
-	close_fd(&ext_user);
-	close_fd(&ext_pid);
-	rc = open_job(job, &ns);
-	if (rc)
-		return rc > 0 ? 1 : -1;
-	ext_job = job;
-	ext_mnt = ns.mnt;
-	ext_user = ns.user;
-	ext_pid = ns.pid;
-	return 0;
+	jobns_close(&ext);
+	rc = open_job(job, &ext);
+	if (rc == 0)
+		ext_job = job;
+	return rc;
 }
 
 /* ------------------------------------------------------------ create, delete, restore */
@@ -401,9 +255,7 @@ static int delete_job(uint32_t job)
 	char e_job[48];
 	char *env[2] = { e_job, NULL };
 
-	close_fd(&ext_mnt);
-	close_fd(&ext_user);
-	close_fd(&ext_pid);
+	jobns_close(&ext);	/* an open fd would keep the namespace alive */
 	snprintf(e_job, sizeof(e_job), "SLURM_JOB_ID=%u", job);
 	return jobns_run(&jobns_cmd, "epilog", job, node_name(), slurm_conf.slurm_conf, env,
 			 NULL) ? SLURM_ERROR : SLURM_SUCCESS;
@@ -447,9 +299,7 @@ extern int init(void)
 
 extern int fini(void)
 {
-	close_fd(&ext_mnt);
-	close_fd(&ext_user);
-	close_fd(&ext_pid);
+	jobns_close(&ext);
 	return SLURM_SUCCESS;
 }
 
@@ -494,7 +344,9 @@ extern int container_p_join(slurm_step_id_t *step_id, uid_t uid, bool step_creat
 
 extern int container_p_join_external(uint32_t job_id)
 {
-	return open_external(job_id) == 0 ? ext_mnt : -1;
+	int rc = open_external(job_id);
+
+	return rc == 0 ? ext.mnt_fd : rc > 0 ? 0 : -1;	/* 0: no namespace to join */
 }
 
 #if JOBNS_API < 2405
@@ -586,11 +438,11 @@ extern int namespace_p_join_external(slurm_step_id_t *step_id, list_t *fd_map)
 		return -1;
 	if (rc > 0)
 		return 0;
-	if (ext_pid >= 0)
-		add_fd(fd_map, CLONE_NEWPID, ext_pid);
-	if (ext_user >= 0)
-		add_fd(fd_map, CLONE_NEWUSER, ext_user);
-	add_fd(fd_map, CLONE_NEWNS, ext_mnt);
+	if (ext.pid_fd >= 0)	/* a pidfd: setns(fd, CLONE_NEWPID) takes it (Linux 5.8+) */
+		add_fd(fd_map, CLONE_NEWPID, ext.pid_fd);
+	if (ext.user_fd >= 0)
+		add_fd(fd_map, CLONE_NEWUSER, ext.user_fd);
+	add_fd(fd_map, CLONE_NEWNS, ext.mnt_fd);
 	return list_count(fd_map);
 }
 
