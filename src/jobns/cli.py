@@ -374,7 +374,8 @@ class _Args:
 
 
 def _fast_args(argv: list[str], command: list[str] | None) -> _Args | None:
-    """Parse `create`, `delete` and `exec` in their plain forms without argparse. Anything
+    """Parse `create`, `delete`, `exec` and `slurm prolog|epilog` in their plain forms
+    without argparse. Anything
     else (other commands, --help, unusual spellings, any error) returns None, and argparse
     parses it, with its usual messages. Tests check both parsers agree."""
     glob = {"config": None, "node": None, "verbose": False, "quiet": False}
@@ -393,6 +394,8 @@ def _fast_args(argv: list[str], command: list[str] | None) -> _Args | None:
     if i >= len(argv):
         return None
     cmd, rest = argv[i], argv[i + 1:]
+    if cmd == "slurm" and rest in (["prolog"], ["epilog"]) and command is None:
+        return _Args(command="slurm", args=rest, **glob)
     if not rest or rest[0].startswith("-"):
         return None
     job, opts = rest[0], rest[1:]

@@ -68,12 +68,17 @@ class DeleteResult:
         return "; ".join(parts) or "ok"
 
 
-def delete(cfg: NodeConfig, job_id: str, *, log=null_log) -> DeleteResult:
-    """Tear the job's namespace down and remove <base>/<J> completely."""
+def delete(cfg: NodeConfig, job_id: str, *, log=null_log, on_free=None) -> DeleteResult:
+    """Tear the job's namespace down and remove <base>/<J> completely.
+
+    `on_free`, if given, is called once the job id is free again: every process of the
+    job is gone, its namespace unpinned and its directory moved into the trash. The
+    removal of the files follows (what it cannot remove stays in the trash, swept by the
+    next delete, create or restore); the result reports it."""
     validate_job_id(job_id)
     require_base(cfg)
     with job_lock(job_id, remove=True, optional=True, log=log):
-        result = delete_locked(cfg, job_id, log)
+        result = delete_locked(cfg, job_id, log, on_free=on_free)
     sweep_trash(cfg.base_path, log)
     return result
 
@@ -148,7 +153,8 @@ def _detach_mounts_below(job_dir: str, log) -> list[str]:
     return done
 
 
-def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True) -> DeleteResult:
+def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True,
+                  on_free=None) -> DeleteResult:
     t0 = time.monotonic()
     base = require_base(cfg)
     paths = JobPaths.of(base, job_id)
@@ -172,7 +178,8 @@ def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True)
     unmounted = _umount_pin(paths.pin, log)
     base_fd = open_base(base)
     try:
-        where, unmounted = _move_and_remove(result, base, base_fd, job_id, log, unmounted)
+        where, unmounted = _move_and_remove(result, base, base_fd, job_id, log, unmounted,
+                                            on_free)
         if where is not None and result.ok:
             _drop_empty_trash(base_fd)
     finally:
@@ -213,7 +220,7 @@ def _claim(parent_fd: int, name: str, *, wait: bool) -> int | None:
 
 
 def _move_and_remove(result: DeleteResult, base: str, base_fd: int, job_id: str, log,
-                     unmounted: int) -> tuple[str | None, int]:
+                     unmounted: int, on_free=None) -> tuple[str | None, int]:
     """Move <base>/<J> into the trash and remove it there (the job id is free at once), or,
     when no trash can be made, remove it in place. Returns where the directory is (its
     trash path, or its own path; None if it could not be moved) and the mount count."""
@@ -237,6 +244,8 @@ def _move_and_remove(result: DeleteResult, base: str, base_fd: int, job_id: str,
             parent_fd, name, parent = base_fd, job_id, base
         else:
             parent_fd, name, parent = trash_fd, trash_name, os.path.join(base, TRASH)
+            if on_free is not None:       # the job id is free: the files go later
+                on_free()
         where = os.path.join(parent, name)
         try:
             first = DeleteResult(job_id=job_id, existed=True)

@@ -606,6 +606,12 @@ class Cluster:
             _wait_gone(pid, 5)
             warnings.append(f"killed leftover slurmstepd {pid} and {len(victims) - 1} "
                             "descendants")
+        # The jobns service the plugin started (it outlives slurmd, as on a real node).
+        if os.path.exists(os.path.join(self.runtime, "service.pid")):
+            r = self.run([self.jobns, "slurm", "service", "--stop"],
+                         env=dict(self.env, JOBNS_RUNTIME_DIR=self.runtime))
+            if r.returncode != 0:
+                warnings.append(f"jobns slurm service --stop: {r.stderr.strip()}")
         # Namespaces of jobs that are gone: the same code path as a node start.
         if os.path.isdir(self.base) and os.path.exists(self.ns_yaml):
             r = self.run([self.jobns, "--config", self.ns_yaml, "--node", self.node,

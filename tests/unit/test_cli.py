@@ -109,6 +109,8 @@ FAST = [
     (["-v", "delete", "12"], None),
     (["exec", "12", "--user", "bob"], ["ls", "-la"]),
     (["--node", "cn1", "exec", "12"], ["sh", "-c", "x --user y"]),
+    (["slurm", "prolog"], None),
+    (["-q", "--config", "/c.yaml", "--node", "n1", "slurm", "epilog"], None),
 ]
 # forms the fast path leaves to argparse (which accepts some and rejects others)
 SLOW = [
@@ -118,6 +120,8 @@ SLOW = [
     (["create", "5", "--user", "a", "--user", "b"], None), (["delete", "5", "6"], None),
     (["delete", "--help"], None), (["exec", "5"], None), (["list"], None),
     (["--config=/c", "delete", "5"], None), (["create", "5", "--user", "-x"], None),
+    (["slurm", "prolog", "--help"], None), (["slurm", "restore"], None),
+    (["slurm", "epilog", "x"], None),
 ]
 
 
@@ -137,8 +141,9 @@ def test_fast_parser_leaves_the_rest_to_argparse(argv, cmd):
 
 
 def test_job_start_imports_stay_light(tmp_path):
-    """create and delete (a prolog, an epilog) must not import what costs more than the
-    work itself: argparse, re, json, enum, dataclasses, typing, yaml, subprocess."""
+    """create and delete, and what Slurm runs for every job (`slurm prolog`/`epilog`),
+    must not import what costs more than the work itself: argparse, re, json, enum,
+    dataclasses, typing, yaml, subprocess."""
     heavy = ("argparse", "re", "json", "enum", "dataclasses", "typing", "yaml", "subprocess",
              "threading", "hashlib", "socket", "shutil")
     probe = ("import sys\nfrom jobns import cli\n"
@@ -149,15 +154,19 @@ def test_job_start_imports_stay_light(tmp_path):
     top = tempfile.mkdtemp(prefix="jobns-light-", dir="/var/tmp")   # not under /tmp
     conf = tmp_path / "namespace.yaml"
     conf.write_text(f"defaults:\n  base_path: {top}/base\n  auto_base_path: true\n")
-    env = dict(os.environ, JOBNS_CONFIG=str(conf), JOBNS_RUNTIME_DIR=str(tmp_path / "run"))
+    env = dict(os.environ, JOBNS_CONFIG=str(conf), JOBNS_RUNTIME_DIR=str(tmp_path / "run"),
+               SLURM_JOB_ID="4243", SLURM_JOB_UID="65534", SLURM_JOB_GID="65534",
+               SLURM_JOB_USER="nobody")
     # warm the config cache first (the first load of a file parses the YAML)
     subprocess.run([sys.executable, "-m", "jobns", "config", "show"], env=env,
                    capture_output=True, check=True)
-    for argv in (["-q", "delete", "4242"], ["-q", "create", "4242", "--uid", "65534"]):
+    for argv in (["-q", "delete", "4242"], ["-q", "create", "4242", "--uid", "65534"],
+                 ["-q", "slurm", "epilog"], ["-q", "slurm", "prolog"]):
         r = subprocess.run([sys.executable, "-c", probe, *argv], env=env, capture_output=True,
                            text=True)
         assert r.stdout.strip() == "", (argv, r.stdout, r.stderr)
     if os.geteuid() == 0:   # the create above really ran: clean it up
-        subprocess.run([sys.executable, "-m", "jobns", "-q", "delete", "4242"], env=env)
+        for job in ("4242", "4243"):
+            subprocess.run([sys.executable, "-m", "jobns", "-q", "delete", job], env=env)
         subprocess.run(["umount", "-l", f"{top}/base"], capture_output=True)
     shutil.rmtree(top, ignore_errors=True)

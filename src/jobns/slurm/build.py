@@ -111,7 +111,8 @@ def _compile(step: str, source: str, output: str, includes: list[str], compiler:
 
 
 def plugstack_line(plugin: str, jobns: str, *, config: str | None = None,
-                   runtime: str | None = None, prolog: bool = True) -> str:
+                   runtime: str | None = None, prolog: bool = True,
+                   service: bool = True) -> str:
     parts = ["required", plugin, f"jobns={jobns}"]
     if config:
         parts.append(f"config={config}")
@@ -119,6 +120,8 @@ def plugstack_line(plugin: str, jobns: str, *, config: str | None = None,
         parts.append(f"runtime={runtime}")
     if not prolog:
         parts.append("prolog=no")
+    elif not service:
+        parts.append("service=no")
     return " ".join(parts)
 
 

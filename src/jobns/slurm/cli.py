@@ -3,6 +3,7 @@
   prolog        create the job's namespaces (Prolog= script or SPANK job_prolog)
   epilog        delete them (Epilog= script or SPANK job_epilog)
   restore       at slurmd start: delete namespaces of jobs with no live slurmstepd
+  service       start the per-node service that runs prologs and epilogs for the plugin
   live-jobs     print the jobs that have a live slurmstepd on this node
   build-plugin  compile the SPANK plugin and print its plugstack.conf line; with --native
                 the job_container/namespace plugin and its slurm.conf lines
@@ -15,9 +16,7 @@ The core CLI calls ``main(argv, ctx)``; ctx has ``config_path``, ``node`` and
 
 from __future__ import annotations
 
-import argparse
 import os
-import re
 
 from jobns.errors import JobnsError, UsageError
 
@@ -48,7 +47,37 @@ def _mark_disabled(disabled: bool) -> None:
             pass
 
 
+def _start_service() -> None:
+    """Run by a prolog/epilog process the SPANK plugin started because the service did not
+    answer (JOBNS_SERVICE=start): start the service for the next jobs (in the background,
+    unless one holds its lock)."""
+    import sys
+    from jobns.slurm import service
+    exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    if os.path.basename(exe) == "jobns" and os.access(exe, os.X_OK):
+        try:
+            service.start_detached(exe, runtime_dir())
+        except OSError:
+            pass       # the next fallback tries again; the job is not affected
+
+
 def cmd_prolog(args, ctx) -> int:
+    try:
+        return _prolog(ctx)
+    finally:
+        if os.environ.get("JOBNS_SERVICE") == "start":
+            _start_service()
+
+
+def cmd_epilog(args, ctx, on_free=None) -> int:
+    try:
+        return _epilog(ctx, on_free)
+    finally:
+        if os.environ.get("JOBNS_SERVICE") == "start":
+            _start_service()
+
+
+def _prolog(ctx) -> int:
     from jobns.create import create
     from jobns.slurm.env import job_from_env, node_name
     job = job_from_env(os.environ)
@@ -63,7 +92,7 @@ def cmd_prolog(args, ctx) -> int:
     return 0
 
 
-def cmd_epilog(args, ctx) -> int:
+def _epilog(ctx, on_free=None) -> int:
     from jobns.delete import delete
     from jobns.slurm.env import job_id_from_env, node_name
     job_id = job_id_from_env(os.environ)
@@ -71,7 +100,7 @@ def cmd_epilog(args, ctx) -> int:
     cfg = _load_config(ctx, node)
     if not cfg.enabled:
         return 0
-    result = delete(cfg, job_id, log=ctx.log)
+    result = delete(cfg, job_id, log=ctx.log, on_free=on_free)
     return 0 if result.ok else 1
 
 
@@ -107,8 +136,17 @@ def cmd_restore(args, ctx) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_service(args, ctx) -> int:
+    from jobns.slurm import service
+    if os.geteuid() != 0:
+        raise UsageError("service needs root (it creates namespaces for slurmd)")
+    if args.stop:
+        return service.stop(runtime_dir(), ctx.log)
+    return service.run(runtime_dir(), ctx.log, foreground=args.foreground)
+
+
 def _no_space(value: str, what: str, where: str = "plugstack.conf") -> str:
-    if re.search(r"\s", value):
+    if any(c.isspace() for c in value):
         raise UsageError(f"{what} {value!r}: {where} arguments cannot contain spaces")
     return value
 
@@ -141,7 +179,8 @@ def cmd_build_plugin(args, ctx) -> int:
     print("add this line to plugstack.conf (PlugStackConfig, default plugstack.conf next to "
           "slurm.conf) and set PrologFlags=Contain in slurm.conf:")
     print(build.plugstack_line(output, jobns_exe, config=config_path,
-                               runtime=args.runtime, prolog=not args.no_prolog))
+                               runtime=args.runtime, prolog=not args.no_prolog,
+                               service=not args.no_service))
     return 0
 
 
@@ -223,7 +262,8 @@ def cmd_write_scripts(args, ctx) -> int:
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser():
+    import argparse
     p = argparse.ArgumentParser(prog="jobns slurm", description="Slurm integration of jobns")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -262,7 +302,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--runtime", help="runtime dir named in the plugstack line")
     s.add_argument("--no-prolog", action="store_true",
                    help="plugstack line with prolog=no (Prolog=/Epilog= scripts do it)")
+    s.add_argument("--no-service", action="store_true",
+                   help="plugstack line with service=no (a jobns process per prolog and "
+                        "epilog instead of the per-node service)")
     s.set_defaults(func=cmd_build_plugin)
+
+    s = sub.add_parser("service", help="start the per-node service that runs prologs and "
+                       "epilogs for the SPANK plugin (the plugin starts it by itself)")
+    s.add_argument("--foreground", action="store_true", help="do not daemonize")
+    s.add_argument("--stop", action="store_true", help="stop the running service (SIGTERM) "
+                   "and wait until it has gone; requests in flight finish")
+    s.set_defaults(func=cmd_service)
 
     s = sub.add_parser("build-pam", help="compile the PAM session module that moves ssh "
                                          "sessions into the user's job")
@@ -283,10 +333,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str], ctx) -> int:
-    parser = _parser()
+def job_command(op: str, ctx, *, on_free=None) -> int:
+    """`jobns slurm prolog` or `epilog` (the jobns service runs this too): the exit
+    status, errors logged. For the epilog, `on_free` is called once the job id is free
+    (jobns.delete.delete)."""
     try:
-        args = parser.parse_args(argv)
+        if op == "prolog":
+            return cmd_prolog(None, ctx)
+        return cmd_epilog(None, ctx, on_free)
+    except JobnsError as exc:
+        ctx.log("error", str(exc))
+        return exc.exit_code
+
+
+def main(argv: list[str], ctx) -> int:
+    # What slurmd runs for every job is dispatched without building the parser (argparse
+    # and re cost more to import than the namespace work), like `jobns create`/`delete`.
+    if len(argv) == 1 and argv[0] in ("prolog", "epilog"):
+        return job_command(argv[0], ctx)
+    try:
+        args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     try:

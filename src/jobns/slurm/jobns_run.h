@@ -9,6 +9,12 @@
  * The child gets the caller's environment plus JOBNS_RUNTIME_DIR, SLURM_CONF (when
  * given) and the caller's extra variables; its output is copied into the Slurm log
  * (error level when it failed), and only an exit status of 0 counts as success.
+ *
+ * With `service` set in struct jobns_cmd, `prolog` and `epilog` first go to the jobns
+ * service (<runtime>/service.sock, docs/service.md): the same command, with the same
+ * environment and options, run by a resident worker without a process start.  Only
+ * when the service gives no complete answer is the command run as a process (with
+ * JOBNS_SERVICE=start, so that it starts the service again for the next jobs).
  */
 #ifndef JOBNS_RUN_H
 #define JOBNS_RUN_H
@@ -23,9 +29,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <poll.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 
 #ifndef SYS_close_range
@@ -34,6 +43,11 @@
 
 #define JOBNS_OUTPUT_MAX 16384
 #define JOBNS_EXTRA_MAX 16	/* extra environment entries or arguments */
+#define JOBNS_SERVICE_MAGIC "jobns-service 1"
+#define JOBNS_SERVICE_SOCKET "service.sock"
+#define JOBNS_SERVICE_ANSWER_MAX (65536 + 64)	/* the service sends <= 64 KiB of output */
+#define JOBNS_SERVICE_ACK_MS 5000	/* no "+" within this time: the service is stuck */
+#define JOBNS_FALLBACK (-2)
 
 extern char **environ;
 
@@ -42,25 +56,14 @@ struct jobns_cmd {
 	const char *jobns;	/* absolute path of bin/jobns */
 	const char *config;	/* `--config FILE`, or "" */
 	const char *runtime;	/* JOBNS_RUNTIME_DIR */
+	int service;		/* prolog/epilog: ask the jobns service first */
 };
 
-/* Copy the child's output into the Slurm log, one line at a time. */
-static void jobns_log_output(int fd, uint32_t job, int failed)
+/* Copy jobns' output (NUL-terminated; modified) into the Slurm log, line by line. */
+static void jobns_log_lines(char *buf, uint32_t job, int failed)
 {
-	char buf[JOBNS_OUTPUT_MAX + 1], *line, *save = NULL;
-	ssize_t n, got = 0;
+	char *line, *save = NULL;
 
-	if (lseek(fd, 0, SEEK_SET) < 0)
-		return;
-	while (got < JOBNS_OUTPUT_MAX) {
-		n = read(fd, buf + got, JOBNS_OUTPUT_MAX - got);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0)
-			break;
-		got += n;
-	}
-	buf[got] = '\0';
 	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		/* jobns' own lines already say "jobns: job N: ..." */
 		int own = !strncmp(line, "jobns: ", 7);
@@ -74,6 +77,26 @@ static void jobns_log_output(int fd, uint32_t job, int failed)
 		else
 			slurm_info("jobns: job %u: %s", job, line);
 	}
+}
+
+/* Copy the child's output file into the Slurm log. */
+static void jobns_log_output(int fd, uint32_t job, int failed)
+{
+	char buf[JOBNS_OUTPUT_MAX + 1];
+	ssize_t n, got = 0;
+
+	if (lseek(fd, 0, SEEK_SET) < 0)
+		return;
+	while (got < JOBNS_OUTPUT_MAX) {
+		n = read(fd, buf + got, JOBNS_OUTPUT_MAX - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += n;
+	}
+	buf[got] = '\0';
+	jobns_log_lines(buf, job, failed);
 }
 
 static void jobns_child_close_fds(void)
@@ -95,6 +118,138 @@ static int jobns_env_name_is(const char *entry, char *const *list)
 	return 0;
 }
 
+/* ---------------------------------------------------------------- the jobns service */
+
+static int jobns_send_all(int fd, const char *buf, size_t len)
+{
+	while (len) {
+		ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			return -1;
+		buf += n;
+		len -= (size_t) n;
+	}
+	return 0;
+}
+
+/* Append the NUL-terminated item "<prefix><value>" at *p. */
+static void jobns_put_item(char **p, const char *prefix, const char *value)
+{
+	size_t a = strlen(prefix), b = strlen(value);
+
+	memcpy(*p, prefix, a);
+	memcpy(*p + a, value, b);
+	(*p)[a + b] = '\0';
+	*p += a + b + 1;
+}
+
+/*
+ * Ask the jobns service to run `jobns [--config F] [--node N] slurm ACTION` with the
+ * environment `envp` (protocol: docs/service.md).  Returns 0 when it answered exit
+ * status 0, -1 when it answered another status (its output is logged either way), and
+ * JOBNS_FALLBACK when there is no service or no complete answer.
+ */
+static int jobns_service_call(const struct jobns_cmd *cmd, const char *action, uint32_t job,
+			      const char *node, char *const *envp)
+{
+	struct sockaddr_un addr;
+	struct pollfd pfd;
+	size_t need, i, got = 0;
+	char *req = NULL, *p, *ans = NULL, *nul, *end, ack;
+	int fd, rc = JOBNS_FALLBACK;
+	long status;
+	ssize_t n;
+
+	memset(&addr, 0, sizeof(addr));
+	addr.sun_family = AF_UNIX;
+	if (snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/%s", cmd->runtime,
+		     JOBNS_SERVICE_SOCKET) >= (int) sizeof(addr.sun_path))
+		return JOBNS_FALLBACK;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return JOBNS_FALLBACK;
+	if (connect(fd, (struct sockaddr *) &addr, sizeof(addr)) < 0) {
+		slurm_info("jobns: job %u: no jobns service at %s (%s); running jobns, which starts it",
+			   job, addr.sun_path, strerror(errno));
+		goto out;
+	}
+
+	need = sizeof(JOBNS_SERVICE_MAGIC) + strlen(action) + 4 + 1;
+	if (cmd->config && cmd->config[0])
+		need += strlen(cmd->config) + 8;
+	if (node && node[0])
+		need += strlen(node) + 6;
+	for (i = 0; envp && envp[i]; i++)
+		need += strlen(envp[i]) + 5;
+	if (!(req = malloc(need)) || !(ans = malloc(JOBNS_SERVICE_ANSWER_MAX + 1)))
+		goto out;
+	p = req;
+	jobns_put_item(&p, "", JOBNS_SERVICE_MAGIC);
+	jobns_put_item(&p, "op=", action);
+	if (cmd->config && cmd->config[0])
+		jobns_put_item(&p, "config=", cmd->config);
+	if (node && node[0])
+		jobns_put_item(&p, "node=", node);
+	for (i = 0; envp && envp[i]; i++)
+		jobns_put_item(&p, "env=", envp[i]);
+	*p++ = '\0';
+	if (jobns_send_all(fd, req, (size_t) (p - req)) < 0)
+		goto out;
+
+	/* "+": a worker has the request.  After that the work may take as long as Slurm's
+	 * PrologEpilogTimeout allows; before it, a stuck service must not stall the job. */
+	pfd.fd = fd;
+	pfd.events = POLLIN;
+	do {
+		n = poll(&pfd, 1, JOBNS_SERVICE_ACK_MS);
+	} while (n < 0 && errno == EINTR);
+	if (n <= 0) {
+		slurm_error("jobns: job %u: the jobns service did not take the request within %d ms; running jobns",
+			    job, JOBNS_SERVICE_ACK_MS);
+		goto out;
+	}
+	do {
+		n = read(fd, &ack, 1);
+	} while (n < 0 && errno == EINTR);
+	if (n != 1 || ack != '+')
+		goto out;
+	while (got < JOBNS_SERVICE_ANSWER_MAX) {
+		n = read(fd, ans + got, JOBNS_SERVICE_ANSWER_MAX - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			goto out;
+		if (n == 0)
+			break;
+		got += (size_t) n;
+	}
+	ans[got] = '\0';
+	nul = got ? memrchr(ans, '\0', got) : NULL;
+	errno = 0;
+	status = nul && nul + 1 < ans + got ? strtol(nul + 1, &end, 10) : -1;
+	if (!nul || nul + 1 >= ans + got || errno || *end || status < 0 || status > 255) {
+		slurm_error("jobns: job %u: the jobns service gave no complete answer to %s; running jobns",
+			    job, action);
+		goto out;
+	}
+	jobns_log_lines(ans, job, status != 0);
+	if (status == 0) {
+		rc = 0;
+	} else {
+		slurm_error("jobns: job %u: `%s slurm %s` failed with exit code %ld (run by the jobns service)",
+			    job, cmd->jobns, action, status);
+		rc = -1;
+	}
+out:
+	free(req);
+	free(ans);
+	close(fd);
+	return rc;
+}
+
 /*
  * Run `jobns [--config F] [--node N] slurm ACTION [ARGS...]` with the current
  * environment plus JOBNS_RUNTIME_DIR, SLURM_CONF (when given) and `extra_env`
@@ -105,10 +260,10 @@ static int jobns_run(const struct jobns_cmd *cmd, const char *action, uint32_t j
 		     const char *node, const char *slurm_conf, char *const *extra_env,
 		     char *const *extra_args)
 {
-	char *argv[10 + JOBNS_EXTRA_MAX], *own[3 + JOBNS_EXTRA_MAX], **envp;
+	char *argv[10 + JOBNS_EXTRA_MAX], *own[4 + JOBNS_EXTRA_MAX], **envp;
 	char env_runtime[PATH_MAX + 32], env_conf[PATH_MAX + 16];
 	size_t n_env = 0, i, k = 0, n_own = 0;
-	int out, status, a = 0, rc = -1;
+	int out, status, a = 0, rc = -1, via_service;
 	pid_t pid, w;
 
 	argv[a++] = (char *) cmd->jobns;
@@ -135,19 +290,34 @@ static int jobns_run(const struct jobns_cmd *cmd, const char *action, uint32_t j
 	for (i = 0; extra_env && extra_env[i] && i < JOBNS_EXTRA_MAX; i++)
 		own[n_own++] = extra_env[i];
 	own[n_own] = NULL;
+	via_service = cmd->service && !extra_args &&
+		(!strcmp(action, "prolog") || !strcmp(action, "epilog"));
 
 	while (environ && environ[n_env])
 		n_env++;
-	if (!(envp = calloc(n_env + n_own + 1, sizeof(char *)))) {
+	if (!(envp = calloc(n_env + n_own + 2, sizeof(char *)))) {
 		slurm_error("jobns: job %u: %s: out of memory", job, action);
 		return -1;
 	}
 	for (i = 0; i < n_own; i++)
 		envp[k++] = own[i];
 	for (i = 0; i < n_env; i++)
-		if (!jobns_env_name_is(environ[i], own))
+		if (!jobns_env_name_is(environ[i], own) &&
+		    strncmp(environ[i], "JOBNS_SERVICE=", 14))
 			envp[k++] = environ[i];
 	envp[k] = NULL;
+
+	if (via_service) {
+		rc = jobns_service_call(cmd, action, job, node, envp);
+		if (rc != JOBNS_FALLBACK) {
+			free(envp);
+			return rc;
+		}
+		/* it ran because the service did not answer: have it start the service */
+		rc = -1;
+		envp[k++] = "JOBNS_SERVICE=start";
+		envp[k] = NULL;
+	}
 
 	/* Output goes to an anonymous file, not a pipe: a long-lived process started by
 	 * jobns (a PID namespace's init) may inherit it, and we must not wait for EOF. */

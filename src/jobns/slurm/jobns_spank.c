@@ -3,13 +3,19 @@
  *
  * This plugin holds no namespace logic.  It does three things:
  *
- *  1. Runs the jobns CLI where Slurm gives a single-threaded root process:
+ *  1. Has jobns create and delete the job's namespaces where Slurm gives a single-threaded
+ *     root process:
  *       slurm_spank_job_prolog  -> `jobns slurm prolog`   (creates the job's namespaces)
  *       slurm_spank_job_epilog  -> `jobns slurm epilog`   (deletes them)
  *       slurm_spank_init (slurmd context, at slurmd start)
  *                               -> `jobns slurm restore`  (removes leftovers of dead jobs)
- *     The child gets the job variables Slurm put in the environment; its output is
- *     copied into the slurmd log, and a non-zero exit fails the callback.
+ *                                  `jobns slurm service`  (starts the per-node service)
+ *     Prolog and epilog go to the jobns service (<runtime>/service.sock, docs/service.md),
+ *     which runs the same code in a resident worker without a Python start per job; when
+ *     it does not answer completely, the plugin runs the jobns command itself (which
+ *     starts the service again).  Either way the job variables Slurm put in the
+ *     environment are passed on, the output is copied into the slurmd log, and a
+ *     non-zero exit fails the callback (jobns_run.h).
  *
  *  2. In every step's slurmstepd (slurm_spank_init, remote context, still in the host
  *     mount namespace) opens the job's namespaces with jobns_join.h: the mount-namespace
@@ -31,6 +37,8 @@
  *   prolog=yes|no    run `jobns slurm prolog/epilog` from job_prolog/job_epilog (default
  *                    yes; say no when Prolog=/Epilog= scripts do it)
  *   restore=yes|no   run `jobns slurm restore` when slurmd starts (default yes)
+ *   service=yes|no   use (and start) the per-node jobns service for prolog/epilog
+ *                    (default yes; no: a `jobns` process per prolog and epilog)
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -63,6 +71,7 @@ static struct {
 	char runtime[PATH_MAX];
 	int prolog;
 	int restore;
+	int service;
 } opt;
 
 /* Descriptors opened in slurm_spank_init (remote context), all O_CLOEXEC. */
@@ -107,6 +116,7 @@ static int parse_args(int ac, char **av)
 	strcpy(opt.runtime, JOBNS_DEFAULT_RUNTIME);
 	opt.prolog = 1;
 	opt.restore = 1;
+	opt.service = 1;
 	for (i = 0; i < ac; i++) {
 		const char *a = av[i];
 
@@ -120,8 +130,10 @@ static int parse_args(int ac, char **av)
 			rc |= parse_bool(a, a + 7, &opt.prolog);
 		else if (!strncmp(a, "restore=", 8))
 			rc |= parse_bool(a, a + 8, &opt.restore);
+		else if (!strncmp(a, "service=", 8))
+			rc |= parse_bool(a, a + 8, &opt.service);
 		else {
-			slurm_error("jobns: unknown plugstack argument '%s' (known: jobns= config= runtime= prolog= restore=)", a);
+			slurm_error("jobns: unknown plugstack argument '%s' (known: jobns= config= runtime= prolog= restore= service=)", a);
 			rc = -1;
 		}
 	}
@@ -140,6 +152,7 @@ static const struct jobns_cmd *cmd(void)
 	c.jobns = opt.jobns;
 	c.config = opt.config;
 	c.runtime = opt.runtime;
+	c.service = opt.service;
 	return &c;
 }
 
@@ -211,11 +224,15 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 	if (ctx == S_CTX_SLURMD) {
 		char conf[PATH_MAX], node[256];
 
-		if (!opt.restore)
+		if (!opt.restore && !(opt.service && opt.prolog))
 			return 0;
 		jobns_slurmd_cmdline(conf, sizeof(conf), node, sizeof(node));
 		/* A failed restore must not keep slurmd from starting: it is logged. */
-		(void) jobns_run(cmd(), "restore", 0, node, conf, NULL, NULL);
+		if (opt.restore)
+			(void) jobns_run(cmd(), "restore", 0, node, conf, NULL, NULL);
+		/* Neither must the service: without it, prologs run the jobns command. */
+		if (opt.service && opt.prolog)
+			(void) jobns_run(cmd(), "service", 0, node, conf, NULL, NULL);
 		return 0;
 	}
 
