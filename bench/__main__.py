@@ -4,6 +4,7 @@
     .venv/bin/python -m bench --quick              # smoke test: few runs, small trees
     .venv/bin/python -m bench --only lifecycle,scale --runs 50
     .venv/bin/python -m bench --only cleanup --ext4-1m
+    .venv/bin/python -m bench --only throughput --jobs 50 --concurrent 200 --loaded
 
 The benchmark reports; it never fails because a target is missed (exit 0). It exits 1
 only if a section crashed, 2 on bad arguments. Needs root (namespaces, mounts, Slurm).
@@ -20,7 +21,7 @@ import sys
 import time
 import traceback
 
-SECTIONS = ("lifecycle", "slurm", "slurm26", "cleanup", "scale", "memory")
+SECTIONS = ("lifecycle", "slurm", "slurm26", "throughput", "cleanup", "scale", "memory")
 DEFAULT_JSON = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results.json")
 
 
@@ -35,6 +36,20 @@ def _parse(argv):
                     help="where to write the results (default bench/results.json)")
     ap.add_argument("--ext4-1m", action="store_true",
                     help="cleanup: also the 1M-file tree on ext4 (slow to build)")
+    ap.add_argument("--jobs", type=int, default=50,
+                    help="throughput: short batch jobs per round (default 50)")
+    ap.add_argument("--concurrent", type=int, default=200,
+                    help="throughput: concurrent sleep jobs started and cancelled (default "
+                         "200; 0 skips it)")
+    ap.add_argument("--rounds", type=int,
+                    help="throughput: rounds, modes alternated in each (default 2; --quick: 1)")
+    ap.add_argument("--modes", help="throughput: modes to run (default "
+                    "contain,slurm,jobns,jobns-cli)")
+    ap.add_argument("--slurm-versions", default="22.05",
+                    help="throughput: Slurm versions of the test fixture to run on "
+                         "(default 22.05; e.g. 22.05,26.05)")
+    ap.add_argument("--loaded", action="store_true",
+                    help="throughput: repeat the rounds with two busy loops on the CPUs")
     args = ap.parse_args(argv)
     only = SECTIONS
     if args.only:
@@ -84,6 +99,12 @@ def main(argv=None) -> int:
                 mod = __import__(f"bench.sec_{name}", fromlist=["run"])
                 if name == "cleanup":
                     mod.run(res, args.runs, args.quick, ext4_1m=args.ext4_1m)
+                elif name == "throughput":
+                    kw = {"modes": tuple(args.modes.split(","))} if args.modes else {}
+                    kw["versions"] = tuple(v for v in args.slurm_versions.split(",") if v)
+                    mod.run(res, args.runs, args.quick, jobs=args.jobs,
+                            concurrent_jobs=args.concurrent, rounds=args.rounds,
+                            loaded=args.loaded, **kw)
                 else:
                     mod.run(res, args.runs, args.quick)
             except KeyboardInterrupt:
