@@ -19,7 +19,7 @@ from jobns.job import Job, validate_job_id
 from jobns.log import null_log
 from jobns.nschild import (NamespaceChild, child_error, reap, spawn_namespace_child,
                            warn_init_oom)
-from jobns.plan import Op, Plan, Step, build_plan
+from jobns.plan import Op, Plan, Step, build_plan, step_error
 from jobns.store import (STATE_READY, ensure_base_path, fail_point, index_path, job_lock,
                          ns_inode, pin_inode, read_init_pid, read_record, set_index,
                          write_record)
@@ -216,7 +216,8 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
         if isinstance(exc, OperationError):
             err = exc
         elif isinstance(exc, OSError):
-            err = OperationError.from_oserror(failed, exc, getattr(step, "path", None))
+            err = step_error(step, exc) if step is not None else \
+                OperationError.from_oserror(failed, exc)
         elif isinstance(exc, KeyboardInterrupt):
             raise
         else:
@@ -228,7 +229,9 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
         else:
             done = f"undo incomplete: {undo.summary()}"
         log("error", f"job {job.job_id}: create failed at {err}; {done}")
-        raise err from None
+        if err is exc:
+            raise
+        raise err from exc
     ms = (time.monotonic() - t0) * 1000
     start_sweep(cfg.base_path, log)   # leftovers of killed deletes, in the background
     log("info", f"job {job.job_id}: created namespace for {job.user} (uid {job.uid}) "

@@ -234,7 +234,7 @@ def _validate(hook: str, path: str, env: dict[str, str]) -> None:
         st = os.stat(path)
     except OSError as exc:
         raise HookConfigError(hook, path, f"cannot stat script: {exc.strerror}",
-                              errno=exc.errno) from None
+                              errno=exc.errno) from exc
     if not stat.S_ISREG(st.st_mode):
         raise HookConfigError(hook, path, "script is not a regular file")
     if not os.access(path, os.R_OK | os.X_OK):
@@ -379,7 +379,7 @@ def run_hook(hook: str, path: str, env: dict[str, str], timeout: float, *,
         if exc.errno == errno.ENOENT and os.path.exists(path):
             hint = " (check the #! interpreter line)"
         raise HookConfigError(hook, path, f"cannot execute script: {exc.strerror}{hint}",
-                              errno=exc.errno) from None
+                              errno=exc.errno) from exc
 
     pid = proc.pid
     assert proc.stdout is not None

@@ -117,7 +117,7 @@ def join(handle: JobNamespaces) -> None:
             kernel.setns(handle.user, kernel.CLONE_NEWUSER)
         kernel.setns(handle.mnt, kernel.CLONE_NEWNS)
     except OSError as e:
-        raise OperationError.from_oserror("join", e, f"job {handle.job_id}") from None
+        raise OperationError.from_oserror("join", e, f"job {handle.job_id}") from e
     finally:
         handle.close()
 

@@ -21,7 +21,7 @@ import time
 from jobns import kernel
 from jobns.config.model import CLONE_NEWUSER
 from jobns.errors import OperationError
-from jobns.plan import Op, Step
+from jobns.plan import Op, Step, step_error
 from jobns.store import fail_point
 from jobns.values import suppress
 
@@ -107,8 +107,7 @@ def _say(fd: int, **msg) -> None:
 def _namespace_child(unshare: Step, steps: tuple[Step, ...], job_id: str, rfd: int, wfd: int,
                      parent_ns_id: int | None) -> int:
     """Runs in the forked child: unshare, wait for the pin, build the mounts, report."""
-    step_name = unshare.name
-    path = None
+    current = unshare
     try:
         flags = 0
         for name in unshare.flags:
@@ -123,7 +122,7 @@ def _namespace_child(unshare: Step, steps: tuple[Step, ...], job_id: str, rfd: i
             return 1
         run = _NsRun(job_id, CLONE_NEWUSER in unshare.flags)
         for step in steps:
-            step_name, path = step.name, step.path
+            current = step
             fail_point(step.name)
             NS_OPS[step.kind](step, run)
         _say(wfd, event="ready", init_pid=run.init_pid)
@@ -131,10 +130,11 @@ def _namespace_child(unshare: Step, steps: tuple[Step, ...], job_id: str, rfd: i
     except OperationError as e:
         _say(wfd, event="error", step=e.step, path=e.path, errno=e.errno, message=e.message)
     except OSError as e:
-        _say(wfd, event="error", step=step_name, path=e.filename or path, errno=e.errno,
-             message=e.strerror or str(e))
+        err = step_error(current, e)
+        _say(wfd, event="error", step=err.step, path=err.path, errno=err.errno,
+             message=err.message)
     except Exception as e:
-        _say(wfd, event="error", step=step_name, path=path, errno=None,
+        _say(wfd, event="error", step=current.name, path=current.path, errno=None,
              message=f"{type(e).__name__}: {e}")
     return 1
 

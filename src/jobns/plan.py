@@ -181,6 +181,13 @@ class Step(Frozen):
         return text
 
 
+def step_error(step: Step, exc: OSError) -> OperationError:
+    """The error of a step that failed with `exc`: the step, the path acted on, the errno,
+    and the op with its operands (source, flags, data: what was asked of the kernel)."""
+    return OperationError(step.name, f"{exc.strerror or exc} ({step.kind}: {step.detail})",
+                          path=exc.filename or step.path, errno=exc.errno)
+
+
 class Plan(Frozen):
     cfg: NodeConfig
     job: Job
@@ -277,17 +284,31 @@ def tmpfs_data(conf: DirConf, path: str, job: Job, step: str) -> str:
     return ",".join(data)
 
 
-def _checked_path(conf: DirConf, job: Job, base: str) -> str:
-    path = expand_dir_path(conf.path, job)
+def _check_plain_absolute(conf: DirConf, path: str, step: str, base: str) -> None:
     parts = path.split("/")
-    norm = posixpath.normpath(path)
-    step = f"{'tmpfs' if conf.tmpfs else 'bind'}:{path}"
-    if not path.startswith("/") or ".." in parts or "." in parts[1:] or norm == "/":
+    if not path.startswith("/") or ".." in parts or "." in parts[1:] or \
+            posixpath.normpath(path) == "/":
         raise OperationError(step, f"{conf.path} expands to the unusable path {path!r}",
                              path=path)
+
+
+def _check_outside_base(conf: DirConf, path: str, step: str, base: str) -> None:
+    norm = posixpath.normpath(path)
     if norm == base or norm.startswith(base.rstrip("/") + "/"):
         raise OperationError(step, f"{conf.path} expands to {path}, inside base_path {base}",
                              path=path)
+
+
+# What a dir_confs path must be once %j and %u are expanded for a job: one check per concern
+# (the config reader checks the path as written; only the job's values are checked here).
+DIR_PATH_CHECKS = (_check_plain_absolute, _check_outside_base)
+
+
+def _checked_path(conf: DirConf, job: Job, base: str) -> str:
+    path = expand_dir_path(conf.path, job)
+    step = f"{'tmpfs' if conf.tmpfs else 'bind'}:{path}"
+    for check in DIR_PATH_CHECKS:
+        check(conf, path, step, base)
     return path
 
 

@@ -88,14 +88,14 @@ class job_lock:
         except OSError as e:
             if e.errno not in _UNUSABLE:
                 raise OperationError.from_oserror("runtime-dir", e, e.filename or self.path) \
-                    from None
+                    from e
             try:    # the runtime dir cannot take a new file: an existing one still locks
                 self.fd = self._lock(os.O_RDONLY)
             except OSError:
                 if not self.optional:
                     raise OperationError("runtime-dir", "cannot make the job's lock file: "
                                          f"{e.strerror}", path=e.filename or self.path,
-                                         errno=e.errno) from None
+                                         errno=e.errno) from e
                 self.log("warning", f"job {self.job_id}: runtime dir unusable: "
                          f"{e.filename or self.path}: {e.strerror} "
                          f"[{errno.errorcode.get(e.errno, e.errno)}]; going on without the "
@@ -308,7 +308,7 @@ def ensure_base_path(base: str, create_mode: int | None, log=null_log, *,
         try:
             os.makedirs(base, mode=create_mode, exist_ok=True)
         except OSError as e:
-            raise OperationError.from_oserror("ensure-base", e, base) from None
+            raise OperationError.from_oserror("ensure-base", e, base) from e
         finally:
             os.umask(old)
         log("info", f"created base_path {base} ({create_mode:04o})")
@@ -338,7 +338,7 @@ def ensure_base_path(base: str, create_mode: int | None, log=null_log, *,
             kernel.mount(None, real, None, kernel.MS_PRIVATE)
             log("info", f"made base_path mount {real} private (was {' '.join(top.propagation)})")
     except OSError as e:
-        raise OperationError.from_oserror("ensure-base", e, real) from None
+        raise OperationError.from_oserror("ensure-base", e, real) from e
     key = _base_mount_key(real)
     if key is not None:
         try:

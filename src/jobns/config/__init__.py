@@ -93,7 +93,7 @@ def _read_text(path: str) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except OSError as exc:
         raise ConfigError(f"cannot read the config file: {exc.strerror or exc}", file=path,
-                          hint="give an existing file with --config or $JOBNS_CONFIG") from None
+                          hint="give an existing file with --config or $JOBNS_CONFIG") from exc
     try:
         what = _not_regular(os.fstat(fd).st_mode)
         if what is not None:
@@ -105,7 +105,7 @@ def _read_text(path: str) -> str:
             data = f.read(MAX_FILE + 1)
     except OSError as exc:
         raise ConfigError(f"cannot read the config file: {exc.strerror or exc}", file=path,
-                          hint="give an existing file with --config or $JOBNS_CONFIG") from None
+                          hint="give an existing file with --config or $JOBNS_CONFIG") from exc
     finally:
         if fd >= 0:
             os.close(fd)
@@ -218,7 +218,7 @@ def _open(path: str):
         st = os.stat(target)
     except OSError as exc:
         raise ConfigError(f"cannot read the config file: {exc.strerror or exc}", file=target,
-                          hint="give an existing file with --config or $JOBNS_CONFIG") from None
+                          hint="give an existing file with --config or $JOBNS_CONFIG") from exc
     text = _read_text(target)
     if fmt is None:
         fmt, _ = detect(target, text)

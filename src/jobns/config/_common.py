@@ -411,6 +411,73 @@ def _under(child: str, parent: str) -> bool:
 
 # ---------------------------------------------------------------- finalize
 
+class _Relations(Record):
+    """What the relation checks read: the merged settings (value and where each came from),
+    the resolved base path, dirs and clone flags."""
+
+    settings: dict
+    val: object
+    where: object
+    base: str | None
+    dirs: tuple
+    flags: tuple
+
+
+def _check_dirs_and_base(rel: _Relations, fnd: Findings) -> None:
+    """A private dir may not be, contain, or lie under the base path (classic dirs; for
+    dir_confs, _finalize_dir_confs checks each entry)."""
+    if rel.base is None or rel.settings.get("dir_confs") is not None:
+        return
+    base = rel.base
+    bline, bkey = rel.where("base_path")
+    dline, dkey = rel.where("dirs")
+    dirs_given = "dirs" in rel.settings
+    for d in rel.dirs:
+        if not d.startswith("/"):
+            continue
+        if _under(d, base):
+            same = posixpath.normpath(d) == posixpath.normpath(base)
+            fnd.error(f"dir {d} is {'the base path' if same else 'under the base path'} "
+                      f"{base}", line=dline if dirs_given else bline,
+                      key=dkey if dirs_given else bkey,
+                      hint="the base path cannot also be a private dir; choose a base "
+                           "outside every dir (e.g. /var/lib/jobns)")
+        elif _under(base, d):
+            default_note = "" if dirs_given else " (the default dirs are /tmp,/dev/shm)"
+            fnd.error(f"base path {base} lies under the private dir {d}{default_note}",
+                      line=bline, key=bkey,
+                      hint="jobs would hide the per-job directories; move the base "
+                           "outside every dir (e.g. /var/lib/jobns). Slurm does not "
+                           "catch this")
+
+
+def _check_atime_with_user_ns(rel: _Relations, fnd: Findings) -> None:
+    """In a user namespace the kernel locks a bind mount's atime flags to its source's."""
+    if "CLONE_NEWUSER" not in rel.flags:
+        return
+    for ld in (rel.val("dir_confs") or ()):
+        atime = [f for f in ld.conf.flags if f in ("noatime", "nodiratime", "relatime")]
+        if atime and not ld.conf.tmpfs:
+            fnd.warn(f"{','.join(atime)} on the bind mount {ld.conf.path} fails (EPERM) "
+                     "with CLONE_NEWUSER unless its source mount already has exactly "
+                     "these atime flags: the kernel locks them", line=ld.line,
+                     key=rel.where("dir_confs")[1],
+                     hint="remove the atime option, or use tmpfs: true")
+
+
+def _check_user_ns_script_has_user_ns(rel: _Relations, fnd: Findings) -> None:
+    if rel.val("user_ns_script") and "CLONE_NEWUSER" not in rel.flags:
+        line, key = rel.where("user_ns_script")
+        fnd.warn("user_ns_script only runs when clone_ns_flags has CLONE_NEWUSER", line=line,
+                 key=key, hint="add CLONE_NEWUSER to clone_ns_flags or remove the script")
+
+
+# Checks across settings, one function per concern, run in this order by finalize (checks
+# of a single value run where it is read: check_abs_path, check_dirs, parse_dir_options...).
+RELATION_CHECKS = (_check_dirs_and_base, _check_atime_with_user_ns,
+                   _check_user_ns_script_has_user_ns)
+
+
 def finalize(settings: dict[str, Setting], *, node: str, hostname: str | None, fnd: Findings,
              source: str, origin: str, key_names: dict[str, str]) -> NodeConfig:
     """Turn merged settings into a NodeConfig, adding relation findings to `fnd`.
@@ -453,41 +520,11 @@ def finalize(settings: dict[str, Setting], *, node: str, hostname: str | None, f
         dir_confs = _finalize_dir_confs(val("dir_confs"), base, settings, fnd, where, node,
                                         hostname)
         dirs = tuple(c.path for c in dir_confs)
-    elif base is not None:
-        bline, bkey = where("base_path")
-        dline, dkey = where("dirs")
-        dirs_given = "dirs" in settings
-        for d in dirs:
-            if not d.startswith("/"):
-                continue
-            if _under(d, base):
-                same = posixpath.normpath(d) == posixpath.normpath(base)
-                fnd.error(f"dir {d} is {'the base path' if same else 'under the base path'} "
-                          f"{base}", line=dline if dirs_given else bline,
-                          key=dkey if dirs_given else bkey,
-                          hint="the base path cannot also be a private dir; choose a base "
-                               "outside every dir (e.g. /var/lib/jobns)")
-            elif _under(base, d):
-                default_note = "" if dirs_given else " (the default dirs are /tmp,/dev/shm)"
-                fnd.error(f"base path {base} lies under the private dir {d}{default_note}",
-                          line=bline, key=bkey,
-                          hint="jobs would hide the per-job directories; move the base "
-                               "outside every dir (e.g. /var/lib/jobns). Slurm does not "
-                               "catch this")
     flags = val("clone_ns_flags", (CLONE_NEWNS,))
-    if "CLONE_NEWUSER" in flags:
-        for ld in (val("dir_confs") or ()):
-            atime = [f for f in ld.conf.flags if f in ("noatime", "nodiratime", "relatime")]
-            if atime and not ld.conf.tmpfs:
-                fnd.warn(f"{','.join(atime)} on the bind mount {ld.conf.path} fails (EPERM) "
-                         "with CLONE_NEWUSER unless its source mount already has exactly "
-                         "these atime flags: the kernel locks them", line=ld.line,
-                         key=where("dir_confs")[1],
-                         hint="remove the atime option, or use tmpfs: true")
-    if val("user_ns_script") and "CLONE_NEWUSER" not in flags:
-        line, key = where("user_ns_script")
-        fnd.warn("user_ns_script only runs when clone_ns_flags has CLONE_NEWUSER", line=line,
-                 key=key, hint="add CLONE_NEWUSER to clone_ns_flags or remove the script")
+    rel = _Relations(settings=settings, val=val, where=where, base=base, dirs=tuple(dirs),
+                     flags=flags)
+    for check in RELATION_CHECKS:
+        check(rel, fnd)
     w1 = val("clone_ns_script_wait", 0) or DEFAULT_WAIT
     w2 = val("clone_ns_epilog_wait", 0) or DEFAULT_WAIT
     return NodeConfig(

@@ -83,7 +83,7 @@ def build_pam(output: str, *, include_dir: str | None = None, cc: str | None = N
     try:
         compiler = find_compiler(cc)
     except OperationError as e:
-        raise OperationError("build-pam", e.message) from None
+        raise OperationError("build-pam", e.message) from e
     return _compile("build-pam", PAM_SOURCE, output, ["-I", inc], compiler, ["-lpam"])
 
 
