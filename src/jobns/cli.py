@@ -308,13 +308,14 @@ def cmd_list(ctx: Context, args) -> int:
         print(f"no job namespaces under {cfg.base_path}" if cfg.enabled else
               cfg.disabled_message)
         return EXIT_OK
-    rows = [("JOB", "USER", "STATE", "CREATED", "DIRS", "NAMESPACES")]
+    rows = [("JOB", "USER", "STATE", "CREATED", "DIRS", "NAMESPACES", "CONTAINMENT")]
     if args.usage:
         rows[0] += ("USAGE",)
     for j in jobs:
         flags = ",".join(_NS_SHORT.get(f, f) for f in j.get("clone_ns_flags") or [])
         row = (j["job_id"], str(j.get("user") or "?"), j["state"],
-               str(j.get("created") or "?"), ",".join(j.get("dirs") or []), flags)
+               str(j.get("created") or "?"), ",".join(j.get("dirs") or []), flags,
+               j.get("containment") or "scan")
         if args.usage:
             from jobns.usage import human
             row += (" ".join(f"{d}={human(u['bytes'])}/{u['inodes']}i"

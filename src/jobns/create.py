@@ -76,12 +76,13 @@ class _Run:
     """What a create has made so far: read by the ops and by the undo."""
 
     __slots__ = ("plan", "log", "paths", "job_id", "owns_dir", "owns_index", "child",
-                 "init_pid", "record")
+                 "init_pid", "record", "cgroup")
 
     def __init__(self, plan: Plan, log, record: dict):
         self.plan, self.log, self.record = plan, log, record
         self.paths, self.job_id = plan.paths, plan.job.job_id
         self.owns_dir = self.owns_index = False
+        self.cgroup: str | None = None
         self.child: NamespaceChild | None = None
         self.init_pid: int | None = None
 
@@ -130,7 +131,17 @@ def _user_map_hook(step: Step, run: _Run) -> None:
 
 
 def _unshare(step: Step, run: _Run) -> None:
+    from jobns import cgroup
+    run.cgroup = cgroup.make_group(run.job_id, run.log)
+    join = bool(run.cgroup) and cgroup.tasks_join(run.cgroup)
+    run.record.update(containment=cgroup.CGROUP if run.cgroup else cgroup.SCAN,
+                      cgroup=run.cgroup, tasks_join=join)
+    if join:    # the SPANK plugin moves every task of the job into the group
+        with open(os.path.join(run.paths.ns_dir, cgroup.MARKER), "w") as f:
+            f.write(run.cgroup + "\n")
     run.child = spawn_namespace_child(step, run.plan.in_namespace(), run.job_id)
+    if run.cgroup:      # before PID 1 is forked: it and all it starts stay in the group
+        cgroup.enter(run.cgroup, run.child.pid)
     msg = run.child.recv()
     if msg.get("event") != "unshared":
         raise child_error(msg)
@@ -202,6 +213,7 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
         if msg.get("event") != "ready":
             raise child_error(msg)
         run.init_pid = msg.get("init_pid")
+        record["marks"] = msg.get("marks") or []
         if run.init_pid:
             warn_init_oom(run.init_pid, job.job_id, log)
         reap(child.pid)
@@ -234,9 +246,10 @@ def _create_locked(plan: Plan, log, owner_pid: int | None) -> dict:
         raise err from exc
     ms = (time.monotonic() - t0) * 1000
     start_sweep(cfg.base_path, log)   # leftovers of killed deletes, in the background
+    contain = f"cgroup {run.cgroup}" if run.cgroup else "scan (no writable cgroup2)"
     log("info", f"job {job.job_id}: created namespace for {job.user} (uid {job.uid}) "
-        f"at {paths.job_dir} [{','.join(cfg.dirs)}; {'|'.join(cfg.clone_ns_flags)}] "
-        f"in {ms:.1f} ms")
+        f"at {paths.job_dir} [{','.join(cfg.dirs)}; {'|'.join(cfg.clone_ns_flags)}; "
+        f"containment {contain}] in {ms:.1f} ms")
     return record
 
 
@@ -266,6 +279,9 @@ def _undo_create(run: _Run) -> DeleteResult | None:
         child.close()
     if run.init_pid:
         kill_and_wait(run.init_pid, None)
+    if run.cgroup:
+        from jobns import cgroup
+        cgroup.kill_group(run.cgroup, log)
     if run.owns_index:
         with suppress(OSError):
             os.unlink(index_path(run.job_id))

@@ -127,6 +127,47 @@ def _kill_namespace_members(pin_ino: int) -> int:
     return killed
 
 
+def _kill_contained(record: dict, job_id: str, log) -> int:
+    """Kill and remove the job's cgroup (containment mode cgroup): every process that
+    descends from the job, whatever namespaces it made. Only a group jobns made for this
+    job id (``.../jobns/<J>``) is touched."""
+    path = record.get("cgroup")
+    if not isinstance(path, str) or os.path.basename(path) != job_id or \
+            os.path.basename(os.path.dirname(path)) != "jobns":
+        return 0
+    from jobns import cgroup
+    return cgroup.kill_group(path, log) or 0
+
+
+def _kill_mount_holders(marks: list, rounds: int = 20) -> int:
+    """Containment mode scan: kill every process that still sees one of the job's private
+    mounts (a process that re-unshared its mount namespace keeps them), until none is left
+    (they may fork while being killed)."""
+    from jobns import cgroup
+    marks = [tuple(m) for m in marks if isinstance(m, (list, tuple)) and len(m) == 3]
+    killed = 0
+    me = {os.getpid()}
+    for _ in range(rounds):
+        found = cgroup.scan_holders(marks, me)
+        if not found:
+            break
+        for pid in found:
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                continue
+            try:
+                # the pid is pinned by the pidfd: check it is still the same holder
+                if cgroup.holds_mounts(pid, marks):
+                    with suppress(OSError):
+                        kernel.pidfd_send_signal(pidfd, kernel.SIGKILL)
+                        killed += 1
+                    select.select([pidfd], [], [], 2.0)
+            finally:
+                os.close(pidfd)
+    return killed
+
+
 def _umount_pin(pin: str, log) -> int:
     """Lazily unmount the job's mount-namespace pin; 1 if it was mounted, else 0."""
     try:
@@ -165,13 +206,18 @@ def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True,
         result.seconds = time.monotonic() - t0
         return result
     ino = pin_inode(paths.pin)
+    record = read_record(paths) or {}
+    result.killed += _kill_contained(record, job_id, log)
     if ino is not None:
         init = read_init_pid(paths, ino)
         if init and kill_and_wait(init, ino):
             result.killed += 1
         result.killed += _kill_namespace_members(ino)
+    if record.get("containment") != "cgroup" or record.get("tasks_join") is False:
+        # no group, or a scheduler's tasks stay in the scheduler's own groups
+        result.killed += _kill_mount_holders(record.get("marks") or [])
     if run_epilog and ino is not None and cfg.clone_ns_epilog:
-        _run_epilog(cfg, read_record(paths) or {}, job_id, paths, log)
+        _run_epilog(cfg, record, job_id, paths, log)
     # The pin is the only mount a job normally has on the host. Anything else mounted
     # below the job dir (an admin's bind, a script's mount) is found by the walker, which
     # never enters it; then, and only then, the mount table is read to detach it.

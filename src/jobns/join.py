@@ -213,12 +213,45 @@ def exec_in(cfg: NodeConfig, job_id: str, argv: list[str], *, user: str | None =
         # now, while the interpreter's library is surely visible
         __import__("resource")   # for exit_like
         signal.SIGINT
+    procs = _open_group(record, job_id)
     join(handle)
     log("debug", f"job {job_id}: exec {argv[0]} as {ident.name}")
     if not pid_ns:
+        _enter_group(procs)
         become(ident, cwd, env)
         _execvpe(argv, env)
-    return _fork_exec_wait(argv, ident, cwd, env)
+    try:
+        return _fork_exec_wait(argv, ident, cwd, env, procs)
+    finally:
+        if procs is not None:
+            os.close(procs)
+
+
+def _open_group(record: dict, job_id: str) -> int | None:
+    """An fd of the job's cgroup.procs (containment mode cgroup), opened before the join:
+    inside the job's namespaces the path may not be visible. None in scan mode."""
+    path = record.get("cgroup")
+    if record.get("containment") != "cgroup" or not isinstance(path, str):
+        return None
+    from jobns import cgroup
+    try:
+        return cgroup.open_procs(path)
+    except OSError as e:
+        raise OperationError("join", f"cannot enter the cgroup of job {job_id}: {e.strerror} "
+                             "(is the job being deleted?)", path=path, errno=e.errno) from None
+
+
+def _enter_group(procs: int | None) -> None:
+    """Move the calling process into the job's group (the command and all it starts stay
+    there, whatever namespaces they make), or end it: never run outside the group."""
+    if procs is None:
+        return
+    try:
+        os.write(procs, b"0")
+        os.close(procs)
+    except OSError as e:
+        sys.stderr.write(f"jobns: cannot enter the job's cgroup: {e.strerror}\n")
+        os._exit(126)
 
 
 def _execvpe(argv: list[str], env: dict[str, str]) -> None:
@@ -245,10 +278,11 @@ def _execvpe(argv: list[str], env: dict[str, str]) -> None:
 
 
 def _fork_exec_wait(argv: list[str], ident: Identity, cwd: str | None,
-                    env: dict[str, str]) -> int:
+                    env: dict[str, str], procs: int | None = None) -> int:
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the job's command
         try:
+            _enter_group(procs)
             become(ident, cwd, env)
             _execvpe(argv, env)
         finally:

@@ -125,7 +125,7 @@ def _namespace_child(unshare: Step, steps: tuple[Step, ...], job_id: str, rfd: i
             current = step
             fail_point(step.name)
             NS_OPS[step.kind](step, run)
-        _say(wfd, event="ready", init_pid=run.init_pid)
+        _say(wfd, event="ready", init_pid=run.init_pid, marks=_marks(steps))
         return 0
     except OperationError as e:
         _say(wfd, event="error", step=e.step, path=e.path, errno=e.errno, message=e.message)
@@ -137,6 +137,20 @@ def _namespace_child(unshare: Step, steps: tuple[Step, ...], job_id: str, rfd: i
         _say(wfd, event="error", step=current.name, path=current.path, errno=None,
              message=f"{type(e).__name__}: {e}")
     return 1
+
+
+def _marks(steps: tuple[Step, ...]) -> list:
+    """(path, st_dev, st_ino) of each private dir as the job sees it: what identifies a
+    process that still holds the job's mounts after re-unsharing (jobns.cgroup, scan)."""
+    out = []
+    for step in steps:
+        if step.kind in Op.MOUNTS_DIR:
+            try:
+                st = os.stat(step.path)
+            except OSError:
+                continue
+            out.append([step.path, st.st_dev, st.st_ino])
+    return out
 
 
 def _order_after(parent_ns_id: int | None) -> None:

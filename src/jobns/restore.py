@@ -88,5 +88,6 @@ def list_jobs(cfg: NodeConfig) -> list[dict]:
             "created": record.get("created"), "dirs": record.get("dirs"),
             "clone_ns_flags": record.get("clone_ns_flags"), "state": state,
             "init_pid": init, "path": paths.job_dir, "backing": record.get("backing") or {},
+            "containment": record.get("containment") or "scan", "cgroup": record.get("cgroup"),
         })
     return out

@@ -5,6 +5,7 @@ Runs as root against the session cluster of conftest.py (users jobns-alice, jobn
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -204,3 +205,43 @@ def test_the_node_runs_the_version_of_the_matrix(cluster, request):
     r = cluster.srun(ALICE, ["sh", "-c", "srun --version; cat /etc/debian_version"])
     assert r.returncode == 0, r.stderr
     assert r.stdout.split()[1].startswith(want + "."), r.stdout
+
+
+def _start(pid: int) -> str | None:
+    """The start time of a live process `pid` (None: gone, or a zombie nobody reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+def test_task_that_re_unshares_does_not_outlive_its_job(cluster):
+    """A task that leaves the job's namespaces (unshare -Urm, setsid) is killed with the job:
+    in the job's jobns cgroup (hybrid node), or by the epilog's scan."""
+    base = cluster.effective_base()
+    job = cluster.sbatch(ALICE, "setsid unshare -Urm sleep 1000 >/dev/null 2>&1 </dev/null &\n"
+                                "echo $! > /tmp/escaped\ncat /proc/self/cgroup > /tmp/cgroup\n"
+                                "sleep 120\n")
+    try:
+        cluster.wait_running(job)
+        backing = os.path.join(base, job, f".{job}", "_tmp")
+        cluster.wait_until(lambda: os.path.exists(os.path.join(backing, "cgroup")) and
+                           open(os.path.join(backing, "escaped")).read().strip(),
+                           what="the batch script to start the escaping process")
+        pid = int(open(os.path.join(backing, "escaped")).read())
+        cluster.wait_until(lambda: os.stat(f"/proc/{pid}/ns/mnt").st_ino !=
+                           os.stat(os.path.join(base, job, ".ns/mnt")).st_ino,
+                           what="the task to leave the job's mount namespace")
+        start = _start(pid)
+        with open(os.path.join(base, job, ".ns/job.json")) as f:
+            record = json.load(f)
+        if record.get("tasks_join"):
+            with open(os.path.join(backing, "cgroup")) as f:
+                assert f"0::/jobns/{job}" in f.read().splitlines()
+    finally:
+        cluster.cmd(["scancel", job])
+    cluster.wait_until(lambda: not os.path.lexists(os.path.join(base, job)), timeout=60,
+                       what=f"{base}/{job} to be removed after the job ended")
+    assert _start(pid) != start, f"pid {pid} outlived job {job}"

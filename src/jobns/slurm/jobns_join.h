@@ -17,6 +17,8 @@
  *   <runtime>/jobs/<J>/.ns/mnt           the mount-namespace pin (nsfs bind mount)
  *   <runtime>/jobs/<J>/.ns/pid1          host pid of the job's PID 1, only with a PID ns
  *   <runtime>/jobs/<J>/.ns/job.json      the job record (root-owned, 0600)
+ *   <runtime>/jobs/<J>/.ns/cgroup        the directory of the job's cgroup v2 group, only
+ *                                        where joined processes go into it (containment)
  *
  * The record is one JSON object (RFC 8259).  Native readers rely only on that and on
  * these top-level members, which jobns keeps: "version" (1), "job_id" (string), "uid",
@@ -34,6 +36,10 @@
  *      redirect the join); setns(pidfd, CLONE_NEWPID) needs Linux >= 5.8.
  *   4. Order PID, USER, MNT (Slurm's order).  PID affects only children forked later.
  *      setns into USER and MNT needs a single-threaded caller (jobns_thread_count).
+ *   5. CGROUP: when .ns/cgroup exists, the joining process first moves itself into that
+ *      group (its cgroup.procs is opened by jobns_open, as root), so that it and all it
+ *      starts die with the job however they re-unshare; a process that cannot enter it
+ *      is not joined.  No file: the process stays in its cgroups (docs/namespaces.md).
  *
  * Use:
  *   struct jobns_job j;
@@ -95,6 +101,7 @@ struct jobns_job {
 	int mnt_fd;		/* the pin */
 	int user_fd;		/* the job's own user namespace */
 	int pid_fd;		/* pidfd of the job's PID 1 */
+	int group_fd;		/* cgroup.procs of the job's cgroup v2 group (rule 5) */
 	char ns_dir[PATH_MAX];	/* <runtime>/jobs/<J>/.ns */
 	char pin[PATH_MAX];	/* <ns_dir>/mnt */
 };
@@ -141,7 +148,7 @@ static inline void jobns_close_fd(int *fd)
 
 static inline void jobns_job_init(struct jobns_job *j)
 {
-	j->mnt_fd = j->user_fd = j->pid_fd = -1;
+	j->mnt_fd = j->user_fd = j->pid_fd = j->group_fd = -1;
 	j->ns_dir[0] = j->pin[0] = '\0';
 }
 
@@ -150,6 +157,7 @@ static inline void jobns_close(struct jobns_job *j)
 	jobns_close_fd(&j->mnt_fd);
 	jobns_close_fd(&j->user_fd);
 	jobns_close_fd(&j->pid_fd);
+	jobns_close_fd(&j->group_fd);
 }
 
 /* Threads of the calling process (from /proc/self/status), -1 if unknown. */
@@ -502,8 +510,39 @@ static inline int jobns_open_pid(struct jobns_job *j, char *err, size_t len)
 	return 0;
 }
 
+/* Rule 5: cgroup.procs of the group named in .ns/cgroup, if there is one. */
+static inline int jobns_open_group(struct jobns_job *j, char *err, size_t len)
+{
+	char path[PATH_MAX + 16], dir[PATH_MAX];
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/cgroup", j->ns_dir);
+	fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0) {
+		if (errno == ENOENT)
+			return 0;	/* joined processes stay in their cgroups */
+		return jobns_err(err, len, "open %s: %s", path, strerror(errno));
+	}
+	n = read(fd, dir, sizeof(dir) - 1);
+	close(fd);
+	while (n > 0 && (dir[n - 1] == '\n' || dir[n - 1] == ' '))
+		n--;
+	if (n <= 0 || dir[0] != '/')
+		return jobns_err(err, len, "%s does not name a cgroup directory", path);
+	dir[n] = '\0';
+	if (snprintf(path, sizeof(path), "%s/cgroup.procs", dir) >= (int) sizeof(path)) {
+		errno = ENAMETOOLONG;
+		return jobns_err(err, len, "cgroup path too long: %s", dir);
+	}
+	j->group_fd = open(path, O_WRONLY | O_CLOEXEC);
+	if (j->group_fd < 0)
+		return jobns_err(err, len, "open %s: %s", path, strerror(errno));
+	return 0;
+}
+
 /*
- * Open the namespaces of job `job_id` through the index in `runtime` (rules 1-3).
+ * Open the namespaces of job `job_id` through the index in `runtime` (rules 1-3, 5).
  * 0 = open; -1 = not open (err says why; errno is ENOENT when the job has no pin).
  */
 static inline int jobns_open(struct jobns_job *j, const char *runtime, const char *job_id,
@@ -526,7 +565,8 @@ static inline int jobns_open(struct jobns_job *j, const char *runtime, const cha
 		return jobns_err(err, len, "%s is not a mount namespace pin (the job's namespace is lost)",
 				 j->pin);
 	}
-	if (jobns_open_user(j, err, len) < 0 || jobns_open_pid(j, err, len) < 0) {
+	if (jobns_open_user(j, err, len) < 0 || jobns_open_pid(j, err, len) < 0 ||
+	    jobns_open_group(j, err, len) < 0) {
 		jobns_close(j);
 		return -1;
 	}
@@ -543,11 +583,15 @@ static inline int jobns_join_pid(const struct jobns_job *j, char *err, size_t le
 }
 
 /*
- * Rule 4, second half (single-threaded callers): the user namespace, then the mount one.
- * 0 = joined; -1 = nothing joined; -2 = the user namespace was joined, the mount one not.
+ * Rule 5, then rule 4, second half (single-threaded callers): the job's cgroup, the user
+ * namespace, then the mount one.  0 = joined; -1 = nothing joined (but perhaps the
+ * cgroup); -2 = the user namespace was joined, the mount one not.
  */
 static inline int jobns_join_user_mnt(const struct jobns_job *j, char *err, size_t len)
 {
+	if (j->group_fd >= 0 && write(j->group_fd, "0", 1) < 0)
+		return jobns_err(err, len, "cannot enter the job's cgroup (%s/cgroup): %s",
+				 j->ns_dir, strerror(errno));
 	if (j->user_fd >= 0 && setns(j->user_fd, CLONE_NEWUSER) < 0)
 		return jobns_err(err, len, "setns(user namespace of %s): %s", j->pin,
 				 strerror(errno));

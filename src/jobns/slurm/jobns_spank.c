@@ -75,7 +75,7 @@ static struct {
 } opt;
 
 /* Descriptors opened in slurm_spank_init (remote context), all O_CLOEXEC. */
-static struct jobns_job jj = { .mnt_fd = -1, .user_fd = -1, .pid_fd = -1 };
+static struct jobns_job jj = { .mnt_fd = -1, .user_fd = -1, .pid_fd = -1, .group_fd = -1 };
 static int own_pid_fd = -1;	/* this slurmstepd's PID namespace, to switch back */
 static int pid_switched;	/* slurmstepd's children currently go to the job PID ns */
 static uint32_t cur_job;

@@ -1,0 +1,207 @@
+"""Containment: how `delete` finds every process of a job, however it re-unshares.
+
+A job's processes can leave its mount (and user, PID) namespace: `unshare -Urm` inside a
+mount-only job makes a process no pin-based kill would find. Two modes, chosen per job at
+create and written to its record (`containment`), shown by `jobns list` and the logs:
+
+- ``cgroup``: the job has its own cgroup v2 group, ``<cgroup2 mount>/jobns/<J>``; the
+  namespace child (hence PID 1) and every `jobns exec`/`run` command are placed in it, and
+  a process cannot leave a cgroup by unsharing namespaces. `delete` writes ``1`` to its
+  ``cgroup.kill`` (kernel >= 5.14; older kernels: SIGKILL to each member until it is
+  empty), waits until it is unpopulated, and removes it. jobns enables no controller in
+  its groups: it only needs membership and kill. On a hybrid v1/v2 node the group lives
+  in the v2 hierarchy (``/sys/fs/cgroup/unified``), which Slurm's cgroup/v1 plugins do
+  not use; jobns never creates, moves processes into, or kills a group it did not make
+  (see docs/namespaces.md for Slurm).
+- ``scan``: no cgroup2 hierarchy is mounted or writable (or ``JOBNS_CGROUP=off``). `delete`
+  then kills, besides every process in the job's mount namespace, every process whose view
+  still holds one of the job's private mounts (found by the device and inode of each private
+  dir as the job saw it at create, through /proc/PID/root): a process that re-unshared
+  its mount namespace keeps those mounts, and with them the job's memory. A process that
+  also unmounted all of them escapes this mode (it no longer holds the job's files).
+
+``JOBNS_CGROUP``: ``off`` (scan mode), a cgroup2 directory to make the ``jobns`` groups
+under, or unset (automatic: the first writable cgroup2 mount, the v2 part of a hybrid
+node preferred).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+from jobns.values import suppress
+
+ENV = "JOBNS_CGROUP"
+CGROUP = "cgroup"
+SCAN = "scan"
+_TOP = "jobns"
+_MOUNT_CANDIDATES = ("/sys/fs/cgroup/unified", "/sys/fs/cgroup")
+
+
+def _is_cgroup2(path: str) -> bool:
+    """Whether `path` is a cgroup2 directory (v1 hierarchies have no cgroup.subtree_control)."""
+    return os.path.exists(os.path.join(path, "cgroup.procs")) and \
+        os.path.exists(os.path.join(path, "cgroup.subtree_control"))
+
+
+def parent_dir() -> str | None:
+    """Where the jobns groups are made (``<it>/jobns/<J>``), or None for scan mode."""
+    setting = os.environ.get(ENV, "").strip()
+    if setting.lower() in ("off", "no", "none", "0", "scan"):
+        return None
+    if setting:
+        return setting if _is_cgroup2(setting) else None
+    for candidate in _MOUNT_CANDIDATES:
+        if _is_cgroup2(candidate) and os.access(candidate, os.W_OK):
+            return candidate
+    return None
+
+
+def tasks_join(path: str) -> bool:
+    """Whether a scheduler's tasks should join the group at `path`: not when it is in the
+    node's main cgroup hierarchy (a unified, v2-only node), where Slurm's cgroup/v2 owns
+    every task's placement; yes in the v2 part of a hybrid node, which Slurm's cgroup/v1
+    plugins never use."""
+    try:
+        return not (_is_cgroup2("/sys/fs/cgroup") and
+                    os.stat(path).st_dev == os.stat("/sys/fs/cgroup").st_dev)
+    except OSError:
+        return False
+
+
+MARKER = "cgroup"     # <J>/.ns/cgroup: the group tasks of the job join (read by the SPANK plugin)
+
+
+def group_path(job_id: str, parent: str) -> str:
+    return os.path.join(parent, _TOP, job_id)
+
+
+def make_group(job_id: str, log) -> str | None:
+    """Make the job's group; its path, or None (scan mode) when no cgroup2 hierarchy is
+    writable, with the reason logged at debug level. An existing group of this id is
+    left by an earlier job: it is emptied and reused."""
+    parent = parent_dir()
+    if parent is None:
+        return None
+    path = group_path(job_id, parent)
+    try:
+        with suppress(FileExistsError):
+            os.mkdir(os.path.join(parent, _TOP), 0o755)
+        try:
+            os.mkdir(path, 0o755)
+        except FileExistsError:
+            kill_group(path, log)
+            os.mkdir(path, 0o755)
+    except OSError as e:
+        log("debug", f"cgroup {path}: {e.strerror} [{errno.errorcode.get(e.errno, '?')}]; "
+            "containment by scan")
+        return None
+    return path
+
+
+def enter(path: str, pid: int = 0) -> None:
+    """Move `pid` (0: the caller) into the group at `path`."""
+    fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, str(pid).encode())
+    finally:
+        os.close(fd)
+
+
+def open_procs(path: str) -> int:
+    """An fd of the group's cgroup.procs: a forked child writes "0" to it to enter (opened
+    before the caller joins a job's namespaces, where the path may not be visible)."""
+    return os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+
+
+def _members(path: str) -> list[int]:
+    try:
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            return [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _populated(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "cgroup.events")) as f:
+            for line in f:
+                key, _, value = line.partition(" ")
+                if key == "populated":
+                    return value.strip() != "0"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
+    return bool(_members(path))
+
+
+def kill_group(path: str, log, timeout: float = 10.0) -> int | None:
+    """Kill every process in the group at `path` and remove the group. Returns how many
+    processes it held (None if there was no such group). Never raises."""
+    if not os.path.isdir(path):
+        return None
+    count = len(_members(path))
+    try:
+        fd = os.open(os.path.join(path, "cgroup.kill"), os.O_WRONLY | os.O_CLOEXEC)
+    except OSError:
+        fd = -1
+    deadline = time.monotonic() + timeout
+    try:
+        while _populated(path):
+            if fd >= 0:
+                with suppress(OSError):
+                    os.write(fd, b"1")
+            else:       # kernel < 5.14: no cgroup.kill
+                for pid in _members(path):
+                    with suppress(OSError):
+                        os.kill(pid, 9)
+            if time.monotonic() > deadline:
+                log("warning", f"cgroup {path}: processes still present after {timeout:.0f} s "
+                    "(uninterruptible?); the group is kept")
+                return count
+            time.sleep(0.005)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        log("warning", f"cgroup {path}: not removed: {e.strerror} "
+            f"[{errno.errorcode.get(e.errno, '?')}]")
+    return count
+
+
+# ------------------------------------------------------------------- scan mode
+
+def holds_mounts(pid: int, marks: list) -> bool:
+    """Whether process `pid` sees one of the job's private mounts: `marks` are
+    (path, st_dev, st_ino) of each private dir as the job saw it at create."""
+    for path, dev, ino in marks:
+        try:
+            st = os.stat(f"/proc/{pid}/root{path}")
+        except OSError:
+            continue
+        if st.st_dev == dev and st.st_ino == ino:
+            return True
+    return False
+
+
+def scan_holders(marks: list, exclude: set[int]) -> list[int]:
+    """Host pids of every process (but `exclude`) that sees one of the job's mounts."""
+    out = []
+    if not marks:
+        return out
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        pid = int(name)
+        if pid in exclude:
+            continue
+        if holds_mounts(pid, marks):
+            out.append(pid)
+    return out
