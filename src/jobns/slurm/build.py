@@ -249,10 +249,10 @@ def _c_string(value: str, what: str) -> str:
 
 
 def build_native(output: str, tree: SlurmTree, *, jobns: str, config: str | None,
-                 runtime: str, cc: str | None = None) -> str:
+                 runtime: str, service: bool = True, cc: str | None = None) -> str:
     """Compile jobns_native.c against `tree` into `output` (atomically replaced).
     Returns the compiler's warnings, if any."""
-    defines = [f"-DJOBNS_API={tree.api}",
+    defines = [f"-DJOBNS_API={tree.api}", f"-DJOBNS_SERVICE={int(service)}",
                f"-DJOBNS_EXE={_c_string(jobns, 'jobns path')}",
                f"-DJOBNS_CONFIG={_c_string(config or '', 'config path')}",
                f"-DJOBNS_RUNTIME={_c_string(runtime, 'runtime dir')}"]

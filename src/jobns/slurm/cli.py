@@ -203,7 +203,7 @@ def _build_native(args, ctx) -> int:
                         (config_path or "", "config path"), (runtime, "runtime dir")):
         _no_space(value, what, "slurm.conf")
     warnings = build.build_native(output, tree, jobns=jobns_exe, config=config_path,
-                                  runtime=runtime, cc=args.cc)
+                                  runtime=runtime, service=not args.no_service, cc=args.cc)
     if warnings:
         ctx.log("warning", f"compiler output:\n{warnings}")
     slurm_dir = build.slurm_plugin_dir(args.slurm_plugin_dir)
@@ -303,8 +303,9 @@ def _parser():
     s.add_argument("--no-prolog", action="store_true",
                    help="plugstack line with prolog=no (Prolog=/Epilog= scripts do it)")
     s.add_argument("--no-service", action="store_true",
-                   help="plugstack line with service=no (a jobns process per prolog and "
-                        "epilog instead of the per-node service)")
+                   help="plugstack line with service=no, or a native plugin built so (a "
+                        "jobns process per prolog and epilog instead of the per-node "
+                        "service)")
     s.set_defaults(func=cmd_build_plugin)
 
     s = sub.add_parser("service", help="start the per-node service that runs prologs and "

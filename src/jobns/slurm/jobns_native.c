@@ -21,7 +21,8 @@
  *   delete   (stepd_delete, extern slurmstepd, after every other step has ended and
  *             after all SPANK epilogs)  -> `jobns slurm epilog`
  *   restore  (slurmd start)       -> `jobns slurm restore --spool-dir <SlurmdSpoolDir>`
- * all through jobns_run() (jobns_run.h), the job-start path the SPANK plugin uses.
+ * all through jobns_run() (jobns_run.h), the job-start path the SPANK plugin uses: the
+ * per-node jobns service (started after restore), else the CLI as a process.
  *   join     open the job's pin <runtime>/jobs/<J>/.ns/mnt and setns: PID (children
  *            only), USER, MNT, with jobns_join.h (the join of the SPANK and PAM modules).  Slurm calls it in single-threaded forked children: the
  *            task before exec, TaskProlog/TaskEpilog, the sbcast writer in slurmd, x11
@@ -97,7 +98,13 @@ extern slurmd_conf_t *conf __attribute__((weak));
  * "already inside" by this and the namespace's inode, never by a missing pin. */
 #define JOINED_ENV "JOBNS_NATIVE_JOINED"
 
-static const struct jobns_cmd jobns_cmd = { JOBNS_EXE, JOBNS_CONFIG, JOBNS_RUNTIME };
+#ifndef JOBNS_SERVICE
+#define JOBNS_SERVICE 1
+#endif
+/* prolog/epilog go to the per-node jobns service first (docs/service.md), as from the
+ * SPANK plugin; build-plugin --no-service compiles JOBNS_SERVICE=0 */
+static const struct jobns_cmd jobns_cmd = { JOBNS_EXE, JOBNS_CONFIG, JOBNS_RUNTIME,
+					    JOBNS_SERVICE };
 
 /* The job's namespaces, opened once in the extern slurmstepd for join_external. */
 static uint32_t ext_job;
@@ -270,10 +277,16 @@ static int restore_node(const char *spool_dir)
 	jobns_slurmd_cmdline(conf_path, sizeof(conf_path), node, sizeof(node));
 	if (!name)
 		name = node;
+	const char *slurm_conf_path = slurm_conf.slurm_conf ? slurm_conf.slurm_conf : conf_path;
+	int rc;
+
 	/* A failed restore is logged; slurmd keeps running (Slurm logs the error too). */
-	return jobns_run(&jobns_cmd, "restore", 0, name,
-			 slurm_conf.slurm_conf ? slurm_conf.slurm_conf : conf_path, NULL,
-			 spool_dir && spool_dir[0] ? args : NULL) ? SLURM_ERROR : SLURM_SUCCESS;
+	rc = jobns_run(&jobns_cmd, "restore", 0, name, slurm_conf_path, NULL,
+		       spool_dir && spool_dir[0] ? args : NULL);
+	/* Neither must the service: without it, prologs run the jobns command. */
+	if (jobns_cmd.service)
+		(void) jobns_run(&jobns_cmd, "service", 0, name, slurm_conf_path, NULL, NULL);
+	return rc ? SLURM_ERROR : SLURM_SUCCESS;
 }
 
 #if JOBNS_API < 2302
