@@ -112,7 +112,7 @@ def _owner(owner) -> str:
 # One line per op, from the step's fields only: what `create --dry-run` prints is what runs.
 DESCRIBE = {
     Op.ENSURE_BASE: lambda s: ("must exist" if s.mode is None else
-                               f"create {s.mode:04o} if missing (auto_base_path)")
+                               f"create {s.mode:04o} if missing, as auto_base_path allows")
     + "; own private mount",
     Op.JOB_DIR: lambda s: f"{s.mode:04o} root, exclusive",
     Op.MKDIR: lambda s: f"{s.mode:04o} {_owner(s.owner)}",
@@ -127,7 +127,7 @@ DESCRIBE = {
         f"; remount {','.join(s.flags)} (+ the source's flags)" if s.flags else ""),
     Op.TMPFS: lambda s: f"fresh {s.fstype} {','.join(s.flags)} {s.data}"
     + ("; inherited mounts peeled off first" if s.peel else ""),
-    Op.HIDE: lambda s: f"empty {s.fstype} {','.join(s.flags)} {s.data} (if visible)",
+    Op.HIDE: lambda s: f"empty {s.fstype} {','.join(s.flags)} {s.data}; none if not visible",
     Op.INIT: lambda s: f"PID 1 reaper; fresh {s.fstype} {','.join(s.flags)}",
     Op.PID_FILE: lambda s: "host pid of PID 1",
     Op.RECORD: lambda s: "what was built",
