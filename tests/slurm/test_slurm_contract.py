@@ -8,12 +8,19 @@ nothing on the node, (4) find the files that another SPANK plugin's user_init,
 task_post_fork and task_exit hooks wrote in the private directory. These are jobns' own
 tests of the same behaviours, with jobns in place of Slurm's plugin.
 
-jobns reads namespace.yaml itself, so (1) and (2) hold on 22.05 and 24.11 too. (3) and (4)
-depend on the route: the SPANK plugin moves the job's *tasks* into the namespace, while
-sbcast (written by slurmd) and the hooks that run in slurmstepd itself stay outside; the
-tests assert exactly that, as docs/slurm.md says. A cluster whose `route` attribute is
-"native" (the job_container/namespace plugins, which join slurmstepd and sbcast) gets the
-full assertions of Slurm's tests instead.
+Slurm's tests use /var/tmp as the second private directory; here it is SCRATCH
+(/srv/jobns-contract, made and removed by the tests), because the fixture keeps the whole
+cluster (SlurmdSpoolDir, logs, etc/) under /var/tmp, and a slurmstepd that runs inside the
+job's namespace (the native route from 24.11 on, like Slurm's own plugin) must see those.
+
+These tests run here on the SPANK route; test_slurm_native.py runs the same functions on
+the native route (`cluster.route == "native"`). jobns reads namespace.yaml itself, so (1)
+and (2) hold on 22.05 and 24.11 too (the native route refuses PID namespaces before 24.11:
+see test_slurm_native.py). (3) and (4) depend on the route: the SPANK plugin moves the
+job's *tasks* into the namespace, while sbcast (written by slurmd) and the hooks that run
+in slurmstepd itself stay outside; the native route joins sbcast on every version and
+the whole slurmstepd from 24.11 on. Each test asserts what docs/slurm.md says for its
+version and route.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import pytest
 pytestmark = pytest.mark.slurm
 
 ALICE = "jobns-alice"
+SCRATCH = "/srv/jobns-contract"
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
             "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 
@@ -62,34 +70,26 @@ def batch(cluster, script: str, user: str = ALICE) -> tuple[str, str, str]:
 
 
 def srun_out(cluster, command: str, *opts: str) -> str:
-    """Output of `command` run by bash as an srun step. (The tests that make /var/tmp
-    private use steps, not batch scripts: the fixture's SlurmdSpoolDir, where slurmd keeps
-    batch scripts, is under /var/tmp and would be hidden from the batch step.)"""
+    """Output of `command` run by bash as an srun step."""
     r = cluster.srun(ALICE, ["bash", "-c", textwrap.dedent(command)], *opts)
     assert r.returncode == 0, (r.stdout, r.stderr)
     return r.stdout
 
 
 @pytest.fixture
-def outside_base(cluster):
-    """A base_path outside /var/tmp (the cluster's own base is below it, and a base_path
-    under a private dir is a config error)."""
-    path = f"/var/lib/{os.path.basename(cluster.root)}"
-    yield path
-    # `jobns slurm epilog` finds the job under the base_path of the configuration it reads:
-    # the file changes back only when the jobs' epilogs are done
-    cluster.wait_idle()
-    node = cluster.node_path(path)
-    cluster.wait_until(lambda: not os.path.isdir(node) or not os.listdir(node), timeout=60,
-                       what=f"the job directories under {path} to go")
+def scratch(cluster):
+    """SCRATCH on the node, world-writable like /var/tmp, removed again at the end."""
+    path = cluster.node_path(SCRATCH)
+    made = not os.path.isdir(path)
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, 0o1777)
+    yield SCRATCH
     cluster.set_namespace_config()
-    if os.path.isdir(cluster.node_path(path)):
-        # jobns made the base_path a private mount of its own; every job's dir went with
-        # its job, so only that mount and an empty directory are left
-        assert cluster.mounts_under(path) in ([], [path])
-        if cluster.mounts_under(path):
-            assert cluster.run(["umount", path]).returncode == 0
-        os.rmdir(cluster.node_path(path))
+    cluster.wait_idle()
+    for name in os.listdir(path):
+        os.unlink(os.path.join(path, name))
+    if made:
+        os.rmdir(path)
 
 
 # ---------------------------------------------------------------- namespace.yaml: dirs, flags
@@ -99,7 +99,7 @@ NS_YAML_159_1 = """\
 defaults:
   auto_base_path: true
   base_path: "{base}"
-  dirs: "/var/tmp,/dev/shm"
+  dirs: "{scratch},/dev/shm"
   clone_ns_flags:
     - "CLONE_NEWPID"
     - "CLONE_NEWUSER"
@@ -107,38 +107,45 @@ defaults:
 """
 
 
-def test_var_tmp_and_dev_shm_private_with_pid_and_user_namespaces(cluster, outside_base):
-    cluster.set_namespace_config(NS_YAML_159_1.format(base=outside_base))
-    markers = [cluster.node_path(f"{d}/jobns-contract-on-node") for d in ("/var/tmp",
+def test_scratch_and_dev_shm_private_with_pid_and_user_namespaces(cluster, scratch):
+    cluster.set_namespace_config(NS_YAML_159_1.format(base=cluster.base, scratch=SCRATCH))
+    markers = [cluster.node_path(f"{d}/jobns-contract-on-node") for d in (SCRATCH,
                                                                           "/dev/shm")]
     for m in markers:
         with open(m, "w") as f:
             f.write("node\n")
+    if route(cluster) == "native" and cluster.version < (24, 11):
+        for m in markers:
+            os.unlink(m)
+        r = cluster.srun(ALICE, ["sh", "-c", "echo ran"])
+        assert r.returncode != 0 and "ran" not in r.stdout, "a task ran without its PID ns"
+        assert "cannot give tasks before Slurm 24.11" in cluster.slurmd_log()
+        return
     try:
         out = srun_out(cluster, """\
-            for d in /var/tmp /dev/shm; do
+            for d in {SCRATCH} /dev/shm; do
                 if [ -e $d/jobns-contract-on-node ]; then echo "$d: node file visible"
                 else echo "$d: private"; fi
             done
             echo "shm: $(findmnt -n -o FSTYPE /dev/shm)"
             echo "pid: $(readlink /proc/self/ns/pid)"
             echo "user: $(readlink /proc/self/ns/user)"
-            echo mine > /var/tmp/from-job
-            """)
+            echo mine > {SCRATCH}/from-job
+            """.replace("{SCRATCH}", SCRATCH))
     finally:
         for m in markers:
             os.unlink(m)
     lines = dict(ln.split(": ", 1) for ln in out.splitlines() if ": " in ln)
-    assert lines["/var/tmp"] == "private" and lines["/dev/shm"] == "private", out
+    assert lines[SCRATCH] == "private" and lines["/dev/shm"] == "private", out
     assert lines["shm"] == "tmpfs", out
     node_pid = cluster.run(["readlink", "/proc/self/ns/pid"]).stdout.strip()
     node_user = cluster.run(["readlink", "/proc/self/ns/user"]).stdout.strip()
     assert lines["pid"].startswith("pid:[") and lines["pid"] != node_pid, out
     assert lines["user"].startswith("user:[") and lines["user"] != node_user, out
-    assert not os.path.exists(cluster.node_path("/var/tmp/from-job"))
+    assert not os.path.exists(cluster.node_path(f"{SCRATCH}/from-job"))
 
     # the same for an srun step, every task of it
-    out = srun_out(cluster, "readlink /proc/self/ns/pid /proc/self/ns/user; ls -A /var/tmp",
+    out = srun_out(cluster, f"readlink /proc/self/ns/pid /proc/self/ns/user; ls -A {SCRATCH}",
                    "-n2", "-O")
     assert node_pid not in out and node_user not in out, out
     assert "jobns-contract-on-node" not in out
@@ -152,7 +159,7 @@ defaults:
   auto_base_path: true
   base_path: "{base}"
   dir_confs:
-    - path: "/var/tmp"
+    - path: "{scratch}"
       base_path: "{dir_base}"
       options: "noexec"
     - path: "/home/%u/jobns-contract-dir"
@@ -164,30 +171,29 @@ defaults:
 
 
 @pytest.fixture
-def dir_confs(cluster, outside_base):
+def dir_confs(cluster, scratch):
     home_dir = cluster.node_path(f"/home/{ALICE}/jobns-contract-dir")
     os.makedirs(home_dir, exist_ok=True)
-    cluster.contract_base = outside_base
-    cluster.set_namespace_config(NS_YAML_159_2.format(base=outside_base,
-                                                      dir_base=outside_base))
+    cluster.set_namespace_config(NS_YAML_159_2.format(base=cluster.base, scratch=SCRATCH,
+                                                      dir_base=cluster.base))
     yield cluster
     os.rmdir(home_dir)
 
 
 def test_dir_confs_bind_is_private_and_noexec(dir_confs):
     cluster = dir_confs
-    marker = cluster.node_path("/var/tmp/jobns-contract-on-node")
+    marker = cluster.node_path(f"{SCRATCH}/jobns-contract-on-node")
     with open(marker, "w") as f:
         f.write("node\n")
     try:
         out = srun_out(cluster, """\
-            if [ -e /var/tmp/jobns-contract-on-node ]; then echo "node file visible"
+            if [ -e {SCRATCH}/jobns-contract-on-node ]; then echo "node file visible"
             else echo "private"; fi
-            printf '#!/bin/sh\\necho ran\\n' > /var/tmp/x.sh
-            chmod +x /var/tmp/x.sh
-            /var/tmp/x.sh
+            printf '#!/bin/sh\\necho ran\\n' > {SCRATCH}/x.sh
+            chmod +x {SCRATCH}/x.sh
+            {SCRATCH}/x.sh
             echo "exit:$?"
-            """)
+            """.replace("{SCRATCH}", SCRATCH))
     finally:
         os.unlink(marker)
     assert out.startswith("private\n"), out
@@ -212,7 +218,7 @@ def test_dir_confs_tmpfs_size_nosuid_nodev(dir_confs):
 def test_dir_confs_per_dir_base_path_and_user_expansion(dir_confs):
     cluster = dir_confs
     base = cluster.effective_base()
-    out = srun_out(cluster, f"findmnt -n -o SOURCE /var/tmp; "
+    out = srun_out(cluster, f"findmnt -n -o SOURCE {SCRATCH}; "
                             f"findmnt -n -o TARGET /home/{ALICE}/jobns-contract-dir; "
                             f"echo $SLURM_JOB_ID")
     source, target, job = out.split()
@@ -226,8 +232,8 @@ def test_dir_confs_foreign_per_dir_base_path_is_refused(dir_confs):
     """Slurm accepts any per-directory base_path; jobns only the node's own (documented in
     docs/config.md): `config check` names the line, and no job runs with it."""
     cluster = dir_confs
-    other = f"{cluster.contract_base}-elsewhere"
-    cluster.set_namespace_config(NS_YAML_159_2.format(base=cluster.contract_base,
+    other = f"{cluster.root}/elsewhere"
+    cluster.set_namespace_config(NS_YAML_159_2.format(base=cluster.base, scratch=SCRATCH,
                                                       dir_base=other))
     r = cluster.jobns_cmd("config", "check")
     assert r.returncode != 0
@@ -248,13 +254,12 @@ def test_sbcast_into_the_private_dir(cluster):
         f.write("sent by sbcast\n")
     os.chown(cluster.node_path(src), cluster.users[ALICE].pw_uid, cluster.users[ALICE].pw_gid)
     assert not os.path.exists(node_file)
-    job = cluster.sbatch(ALICE, "sleep 120\n")
+    job = cluster.sbatch(ALICE, "touch $HOME/jobns-contract-started-$SLURM_JOB_ID\n"
+                                "sleep 120\n")
+    started = cluster.node_path(f"/home/{ALICE}/jobns-contract-started-{job}")
     try:
-        cluster.wait_running(job)
-        # RUNNING is the controller's word; the node may still be creating the namespace
-        # (sbcast before that fails on the native route, as with Slurm's own plugins)
-        index = os.path.join(cluster.runtime, "jobs", job)
-        cluster.wait_until(lambda: os.path.lexists(index), 30, f"{index}")
+        # as Slurm's test: sbcast once the batch script runs (the namespace exists then)
+        cluster.wait_until(lambda: os.path.exists(started), what="the batch script to start")
         r = cluster.as_user(ALICE, ["sbcast", "-j", job, src, name])
         assert r.returncode == 0, r.stderr
         inside = cluster.srun(ALICE, ["sh", "-c", f"cat {name} || echo absent"],
@@ -269,7 +274,7 @@ def test_sbcast_into_the_private_dir(cluster):
                 assert f.read() == "sent by sbcast\n"
     finally:
         cluster.cmd(["scancel", job])
-        for p in (node_file, cluster.node_path(src)):
+        for p in (node_file, cluster.node_path(src), started):
             if os.path.exists(p):
                 os.unlink(p)
 
@@ -277,6 +282,7 @@ def test_sbcast_into_the_private_dir(cluster):
 # ---------------------------------------------------------------- other SPANK plugins' hooks
 
 HOOKS = ("user_init", "task_post_fork", "task_exit")
+BATCH_STEP = 0xFFFFFFFB    # SLURM_BATCH_SCRIPT
 HOOK_PLUGIN = r"""
 /* A SPANK plugin that leaves a file in /tmp from three slurmstepd hooks. */
 #include <fcntl.h>
@@ -289,13 +295,14 @@ SPANK_PLUGIN(jobns_hook_probe, 1);
 
 static void mark(spank_t sp, const char *hook)
 {
-	uint32_t job = 0;
+	uint32_t job = 0, step = 0;
 	char path[256];
 	int fd;
 
-	if (!spank_remote(sp) || spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS)
+	if (!spank_remote(sp) || spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS ||
+	    spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS)
 		return;
-	snprintf(path, sizeof(path), "/tmp/jobns-hook-%u-%s", job, hook);
+	snprintf(path, sizeof(path), "/tmp/jobns-hook-%u-%s-%u", job, hook, step);
 	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 	if (fd >= 0)
 		close(fd);
@@ -329,7 +336,7 @@ def hook_plugin(cluster):
 
 
 def test_other_spank_plugins_hooks(hook_plugin):
-    """SPANK route, and the native route before Slurm 24.11: user_init, task_post_fork and
+    """SPANK route, and the native route before 24.11: user_init, task_post_fork and
     task_exit run in slurmstepd, which stays in the node's mount namespace (docs/slurm.md):
     their files land in the node's /tmp, not in the job's. Native route from 24.11 on: in
     the job's /tmp, none on the node."""
@@ -344,14 +351,17 @@ def test_other_spank_plugins_hooks(hook_plugin):
     on_node = {n for n in os.listdir(cluster.node_path("/tmp"))
                if n.startswith(f"jobns-hook-{job}-")}
     try:
-        want = {f"jobns-hook-{job}-{h}" for h in HOOKS}
+        # the srun step (0) and the batch step; the batch step's own task_exit comes after
+        # its `ls`, and the extern step runs no task hooks of the job's tasks
+        step0 = {f"jobns-hook-{job}-{h}-0" for h in HOOKS}
+        batch_step = {f"jobns-hook-{job}-{h}-{BATCH_STEP}" for h in HOOKS[:2]}
         if stepd_in_job(cluster):
-            # the batch step's own task_exit runs after `ls`: the srun step's three are seen
-            assert want <= inside, out
+            # with contain_spank (as Slurm's test) the extern step's hooks are inside too
+            assert step0 | batch_step <= inside, out
             assert on_node == set(), on_node
         else:
             assert inside == set(), out
-            assert want <= on_node, on_node
+            assert step0 | batch_step <= on_node, on_node
     finally:
         for n in on_node:
             os.unlink(cluster.node_path(f"/tmp/{n}"))

@@ -25,7 +25,7 @@ import jobns_slurm_native as jsn
 import test_slurm_contract as contract
 # Slurm's own tests as the contract, on this route: the same test functions and fixtures,
 # with `cluster` (below) being the native-route cluster.
-from test_slurm_contract import (dir_confs, hook_plugin, outside_base,  # noqa: F401
+from test_slurm_contract import (dir_confs, hook_plugin, scratch,  # noqa: F401
                                  test_other_spank_plugins_hooks,
                                  test_sbcast_into_the_private_dir)
 
@@ -379,29 +379,15 @@ def test_failing_create_fails_the_launch_and_leaves_nothing(ncluster):
     assert not state.startswith(("drain", "down")), state
 
 
-def _skip_if_cluster_hidden(cluster) -> None:
-    """From 24.11 the step's slurmstepd runs inside the job (as with namespace/linux): a
-    private /var/tmp hides what it needs when the cluster root (spool, plugins, logs, the
-    jobns venv) is below /var/tmp, as the default JOBNS_SLURM_TEST_ROOT is."""
-    if cluster.native_api >= 2411 and (cluster.root + "/").startswith("/var/tmp/"):
-        pytest.skip(f"the cluster root {cluster.root} is below /var/tmp, which this test "
-                    "makes private; slurmstepd runs in the job from Slurm 24.11 on and must "
-                    "see its spool and plugins (JOBNS_SLURM_TEST_ROOT outside /var/tmp "
-                    "runs it)")
-
-
 def test_dir_confs_bind_is_private_and_noexec(dir_confs):
-    _skip_if_cluster_hidden(dir_confs)
     contract.test_dir_confs_bind_is_private_and_noexec(dir_confs)
 
 
 def test_dir_confs_tmpfs_size_nosuid_nodev(dir_confs):
-    _skip_if_cluster_hidden(dir_confs)
     contract.test_dir_confs_tmpfs_size_nosuid_nodev(dir_confs)
 
 
 def test_dir_confs_per_dir_base_path_and_user_expansion(dir_confs):
-    _skip_if_cluster_hidden(dir_confs)
     contract.test_dir_confs_per_dir_base_path_and_user_expansion(dir_confs)
 
 
@@ -409,14 +395,14 @@ def test_dir_confs_foreign_per_dir_base_path_is_refused(dir_confs):
     contract.test_dir_confs_foreign_per_dir_base_path_is_refused(dir_confs)
 
 
-def test_var_tmp_and_dev_shm_private_with_pid_and_user_namespaces(cluster, outside_base):
+def test_scratch_and_dev_shm_private_with_pid_and_user_namespaces(cluster, scratch):
     """Slurm's test_159_1 on the native route: from 24.11 as on the SPANK route; before,
     the PID namespace it asks for is refused (docs/slurm.md), the job does not run."""
     if cluster.native_api >= 2411:
-        _skip_if_cluster_hidden(cluster)
-        return contract.test_var_tmp_and_dev_shm_private_with_pid_and_user_namespaces(
-            cluster, outside_base)
-    cluster.set_namespace_config(contract.NS_YAML_159_1.format(base=outside_base))
+        return contract.test_scratch_and_dev_shm_private_with_pid_and_user_namespaces(
+            cluster, scratch)
+    cluster.set_namespace_config(contract.NS_YAML_159_1.format(base=cluster.base,
+                                                               scratch=scratch))
     r = cluster.srun(ALICE, ["sh", "-c", "echo ran"], timeout=90)
     assert r.returncode != 0 and "ran" not in r.stdout, (r.stdout, r.stderr)
     assert "cannot give tasks before Slurm 24.11" in cluster.slurmd_log()
