@@ -28,6 +28,10 @@ import test_slurm_contract as contract
 from test_slurm_contract import (dir_confs, hook_plugin, scratch,  # noqa: F401
                                  test_other_spank_plugins_hooks,
                                  test_sbcast_into_the_private_dir)
+# ...and the route-independent job tests of test_slurm_jobs.py
+from test_slurm_jobs import (test_private_tmp_and_dev_shm,  # noqa: F401
+                             test_steps_share_jobs_do_not,
+                             test_task_that_re_unshares_does_not_outlive_its_job)
 
 pytestmark = pytest.mark.slurm
 

@@ -108,7 +108,7 @@ static const struct jobns_cmd jobns_cmd = { JOBNS_EXE, JOBNS_CONFIG, JOBNS_RUNTI
 
 /* The job's namespaces, opened once in the extern slurmstepd for join_external. */
 static uint32_t ext_job;
-static struct jobns_job ext = { -1, -1, -1, "", "" };
+static struct jobns_job ext;	/* jobns_job_init'ed by init() */
 
 static const char *node_name(void)
 {
@@ -307,6 +307,7 @@ static int create_for_uid(uint32_t job, uid_t uid)
 
 extern int init(void)
 {
+	jobns_job_init(&ext);
 	return SLURM_SUCCESS;
 }
 
