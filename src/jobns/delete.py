@@ -23,7 +23,7 @@ from jobns.job import Job, validate_job_id
 from jobns.log import null_log
 from jobns.plan import JobPaths
 from jobns.store import (TRASH, index_path, job_lock, ns_inode, open_base, pin_inode,
-                         read_init_pid, read_record, require_base)
+                         read_init_pid, read_record, require_base, runtime_dir)
 from jobns.values import suppress
 
 # Test-only: seconds to sleep between opening the trash and the rename into it, which
@@ -433,10 +433,34 @@ def leftovers_waiting(base: str, look: int = 8) -> bool:
 _SWEEP_CODE = "import sys; from jobns.delete import sweep_main; sweep_main(sys.argv[1])"
 
 
+SWEEP_INTERVAL = 60.0   # at most one background sweep per base_path this often
+
+
+def _sweep_due(base: str) -> bool:
+    """Whether a background sweep may start now: at most one per SWEEP_INTERVAL per base
+    (an entry nobody can remove, say an immutable file, must not cost every create a
+    process). The stamp is a file in the runtime dir; without one, no background sweep."""
+    stamp = os.path.join(runtime_dir(), "sweep", os.path.realpath(base).replace("/", "_"))
+    try:
+        if time.time() - os.stat(stamp).st_mtime < SWEEP_INTERVAL:
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        return False
+    try:
+        os.makedirs(os.path.dirname(stamp), mode=0o700, exist_ok=True)
+        os.close(os.open(stamp, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600))
+        os.utime(stamp)
+    except OSError:
+        return False
+    return True
+
+
 def start_sweep(base: str | None, log=null_log) -> None:
     """Start a sweep of leftover trash in the background (a detached process, so a job
     start never waits for it), if there is any. Never fails the caller."""
-    if not base or not leftovers_waiting(base):
+    if not base or not leftovers_waiting(base) or not _sweep_due(base):
         return
     import subprocess
     import sys
