@@ -138,6 +138,34 @@ def _populated(path: str) -> bool:
     return bool(_members(path))
 
 
+class _Events:
+    def __init__(self, fd: int):
+        import select
+        self.fd = fd
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLPRI | select.POLLERR)
+
+    def poll(self, ms: float) -> None:
+        with suppress(OSError):
+            self.poller.poll(ms)
+        with suppress(OSError):     # re-arm: kernfs notifies a reader that read since
+            os.pread(self.fd, 4096, 0)
+
+
+def _open_events(path: str) -> "_Events | None":
+    try:
+        fd = os.open(os.path.join(path, "cgroup.events"), os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        events = _Events(fd)
+        os.pread(fd, 4096, 0)
+        return events
+    except OSError:
+        os.close(fd)
+        return None
+
+
 def kill_group(path: str, log, timeout: float = 10.0) -> int | None:
     """Kill every process in the group at `path` and remove the group. Returns how many
     processes it held (None if there was no such group). Never raises."""
@@ -149,6 +177,7 @@ def kill_group(path: str, log, timeout: float = 10.0) -> int | None:
     except OSError:
         fd = -1
     deadline = time.monotonic() + timeout
+    events = _open_events(path)
     try:
         while _populated(path):
             if fd >= 0:
@@ -158,14 +187,21 @@ def kill_group(path: str, log, timeout: float = 10.0) -> int | None:
                 for pid in _members(path):
                     with suppress(OSError):
                         os.kill(pid, 9)
-            if time.monotonic() > deadline:
+            left = deadline - time.monotonic()
+            if left <= 0:
                 log("warning", f"cgroup {path}: processes still present after {timeout:.0f} s "
                     "(uninterruptible?); the group is kept")
                 return count
-            time.sleep(0.005)
+            # cgroup.events signals a change of "populated" (POLLPRI); poll briefly anyway
+            if events is not None:
+                events.poll(min(left, 0.05) * 1000)
+            else:
+                time.sleep(0.002)
     finally:
         if fd >= 0:
             os.close(fd)
+        if events is not None:
+            os.close(events.fd)
     try:
         os.rmdir(path)
     except FileNotFoundError:
@@ -196,11 +232,20 @@ def scan_holders(marks: list, exclude: set[int]) -> list[int]:
     out = []
     if not marks:
         return out
+    try:    # a process in our own mount namespace sees the node's dirs, not the job's
+        own = os.stat("/proc/self/ns/mnt").st_ino
+    except OSError:
+        own = None
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         pid = int(name)
         if pid in exclude:
+            continue
+        try:
+            if os.stat(f"/proc/{pid}/ns/mnt").st_ino == own:
+                continue
+        except OSError:
             continue
         if holds_mounts(pid, marks):
             out.append(pid)
