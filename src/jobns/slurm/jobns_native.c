@@ -263,6 +263,9 @@ static int delete_job(uint32_t job)
 	char *env[2] = { e_job, NULL };
 
 	jobns_close(&ext);	/* an open fd would keep the namespace alive */
+	if (geteuid() != 0)
+		debug("jobns: job %u: slurmstepd's effective uid is %u at stepd_delete; jobns runs as root",
+		      job, (unsigned) geteuid());
 	snprintf(e_job, sizeof(e_job), "SLURM_JOB_ID=%u", job);
 	return jobns_run(&jobns_cmd, "epilog", job, node_name(), slurm_conf.slurm_conf, env,
 			 NULL) ? SLURM_ERROR : SLURM_SUCCESS;

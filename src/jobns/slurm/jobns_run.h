@@ -22,6 +22,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <grp.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdint.h>
@@ -346,6 +347,16 @@ static int jobns_run(const struct jobns_cmd *cmd, const char *action, uint32_t j
 		if (o < 0 || devnull < 0 || dup2(devnull, STDIN_FILENO) < 0 ||
 		    dup2(o, STDOUT_FILENO) < 0 || dup2(o, STDERR_FILENO) < 0)
 			_exit(126);
+		/* jobns runs as root.  A caller whose effective ids were changed under it
+		 * while its real uid stayed root (seen in 24.11's extern slurmstepd with
+		 * SlurmdParameters=contain_spank, whose hooks drop privileges in a CLONE_VM
+		 * child) gets root back for the command. */
+		if (getuid() == 0 && (geteuid() != 0 || getegid() != 0) &&
+		    (setresuid(0, 0, 0) < 0 || setresgid(0, 0, 0) < 0 || setgroups(0, NULL) < 0)) {
+			dprintf(STDERR_FILENO, "cannot take root back (euid %u): %s\n",
+				(unsigned) geteuid(), strerror(errno));
+			_exit(126);
+		}
 		jobns_child_close_fds();
 		for (int s = 1; s < NSIG; s++)
 			if (s != SIGKILL && s != SIGSTOP)
