@@ -314,45 +314,91 @@ def _pam_adopt() -> str | None:
     return next((p for p in PAM_ADOPT_PATHS if os.path.exists(p)), None)
 
 
+def _pam_adopt_on_node(cluster) -> str:
+    """pam_slurm_adopt.so of the node's Slurm: the host's package (installed if missing),
+    or, on a Debian tree, the tree's own package unpacked under the cluster root (the
+    tree itself is not changed)."""
+    if not getattr(cluster, "tree", None):
+        if not _pam_adopt():
+            r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                                "libpam-slurm-adopt"], capture_output=True, text=True,
+                               env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"),
+                               timeout=600)
+            if r.returncode != 0:
+                pytest.skip(f"libpam-slurm-adopt cannot be installed: {r.stderr[-300:]}")
+        return _pam_adopt()
+    where = os.path.join(cluster.root, "pam-adopt")
+    found = [os.path.join(d, f) for d, _, fs in os.walk(where) for f in fs
+             if f == "pam_slurm_adopt.so"] if os.path.isdir(where) else []
+    if not found:
+        os.makedirs(os.path.join(where, "cache"), exist_ok=True)
+        # this host's apt with the tree's (signed) package lists: the tree's own version
+        t = cluster.tree
+        r = subprocess.run(["apt-get", "-q", "-o", "APT::Sandbox::User=root",
+                            "-o", f"Dir::State::Lists={t}/var/lib/apt/lists",
+                            "-o", f"Dir::Etc::SourceList={t}/etc/apt/sources.list",
+                            "-o", f"Dir::Etc::SourceParts={t}/etc/apt/sources.list.d",
+                            "-o", f"Dir::State::status={t}/var/lib/dpkg/status",
+                            "-o", f"Dir::Etc::PreferencesParts={t}/etc/apt/preferences.d",
+                            "-o", "Dir::Etc::Preferences=/dev/null",
+                            "-o", f"Dir::Cache={where}/cache", "download",
+                            "libpam-slurm-adopt"], cwd=where, capture_output=True, text=True,
+                           timeout=300)
+        debs = [f for f in os.listdir(where) if f.endswith(".deb")]
+        if r.returncode != 0 or not debs:
+            pytest.skip(f"libpam-slurm-adopt of the {cluster.suite} tree cannot be "
+                        f"downloaded: {(r.stderr or r.stdout)[-300:]}")
+        subprocess.run(["dpkg-deb", "-x", os.path.join(where, debs[0]), where], check=True)
+        found = [os.path.join(d, f) for d, _, fs in os.walk(where) for f in fs
+                 if f == "pam_slurm_adopt.so"]
+    assert found, f"no pam_slurm_adopt.so in {where}"
+    return found[0]
+
+
 def test_pam_slurm_adopt_joins_through_join_external(ncluster, tmp_path):
-    """An ssh login adopted by pam_slurm_adopt lands in the job's namespace: the extern
-    step hands out the pin's fd (join_external / REQUEST_GET_NS_FD)."""
+    """An ssh login adopted by pam_slurm_adopt lands in the job's namespaces: the extern
+    step hands out the pin's fd (join_external: REQUEST_GET_NS_FD before 25.11; from 25.11
+    REQUEST_GET_NS_FDS with the job's PID, user and mount namespaces)."""
     import uuid
-    if getattr(ncluster, "tree", None):
-        pytest.skip("pam_slurm_adopt is installed on this host only (not in the Debian trees)")
-    if not _pam_adopt():
-        r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                            "libpam-slurm-adopt"], capture_output=True, text=True,
-                           env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"), timeout=600)
-        if r.returncode != 0:
-            pytest.skip(f"libpam-slurm-adopt cannot be installed: {r.stderr[-300:]}")
-    pam_adopt = _pam_adopt()
     if not os.path.isfile("/usr/include/security/pam_appl.h"):
         pytest.skip("needs the PAM headers (libpam0g-dev)")
-    app = tmp_path / "adopt"
+    pam_adopt = _pam_adopt_on_node(ncluster)
+    app = os.path.join(ncluster.lib, "adopt")
     (tmp_path / "adopt.c").write_text(ADOPT_APP)
-    subprocess.run([shutil.which("cc") or "gcc", "-o", str(app), str(tmp_path / "adopt.c"),
+    subprocess.run([shutil.which("cc") or "gcc", "-o", app, str(tmp_path / "adopt.c"),
                     "-lpam"], check=True)
+    namespaces = ncluster.native_api >= 2511
+    if namespaces:
+        ncluster.set_namespace_config(clone_ns_flags=["CLONE_NEWPID", "CLONE_NEWUSER"])
     service = f"jobns-native-adopt-{uuid.uuid4().hex[:8]}"
-    pam_file = f"/etc/pam.d/{service}"
+    pam_file = ncluster.node_path(f"/etc/pam.d/{service}")
     with open(pam_file, "w") as f:
         f.write(f"account required {pam_adopt} service={service} nodename={ncluster.node} "
                 "action_no_jobs=deny log_level=debug\n")
-    job = ncluster.sbatch(ALICE, "echo adopt-me > /tmp/jobns-adopt-marker\nsleep 120\n")
+    job = ncluster.sbatch(ALICE, "echo adopt-me > /tmp/jobns-adopt-marker\n"
+                                 "readlink /proc/self/ns/pid /proc/self/ns/user "
+                                 "> /tmp/jobns-adopt-ns\nsleep 120\n")
+    backing = os.path.join(ncluster.job_dir(job), f".{job}", "_tmp")
     try:
         ncluster.wait_running(job)
-        ncluster.wait_until(lambda: os.path.exists(os.path.join(
-            ncluster.job_dir(job), f".{job}", "_tmp", "jobns-adopt-marker")), 30,
-            "the job's marker")
-        r = subprocess.run([str(app), service, ALICE, "sh", "-c",
-                            "cat /tmp/jobns-adopt-marker; stat -c %U /tmp"],
-                           capture_output=True, text=True, timeout=60, env=ncluster.env)
+        ncluster.wait_until(lambda: os.path.exists(os.path.join(backing, "jobns-adopt-ns"))
+                            and open(os.path.join(backing, "jobns-adopt-ns")).read(), 30,
+                            "the job's marker")
+        r = ncluster.run([app, service, ALICE, "sh", "-c",
+                          "cat /tmp/jobns-adopt-marker; stat -c %U /tmp; "
+                          "readlink /proc/self/ns/pid /proc/self/ns/user"],
+                         timeout=60, env=ncluster.env)
         assert r.returncode == 0, r.stderr
-        assert r.stdout.split() == ["adopt-me", ALICE], r.stdout + r.stderr
+        lines = r.stdout.split()
+        assert lines[:2] == ["adopt-me", ALICE], r.stdout + r.stderr
+        if namespaces:
+            # readlink is a child of the adopted process: in the job's PID namespace
+            with open(os.path.join(backing, "jobns-adopt-ns")) as f:
+                assert lines[2:] == f.read().split(), r.stdout
     finally:
         os.unlink(pam_file)
         ncluster.cmd(["scancel", job])
-    assert not os.path.exists("/tmp/jobns-adopt-marker")
+    assert not os.path.exists(ncluster.node_path("/tmp/jobns-adopt-marker"))
 
 
 def test_failing_create_fails_the_launch_and_leaves_nothing(ncluster):
