@@ -178,10 +178,18 @@ def test_per_dir_base_path_equal_to_the_node_base(node):
 
 
 def _size_kib(node, job_id: str, path: str) -> int:
-    _, opts = mount_options(node, job_id, path)
-    size = next(o for o in opts if o.startswith("size="))[5:]
-    assert size.endswith("k"), size
-    return int(size[:-1])
+    """The tmpfs's size limit as the job sees it (statvfs inside the namespace).
+
+    mountinfo is not enough: the kernel shows size= only when it differs from its default
+    (half of RAM), so a limit equal to that default has no size= option.
+    """
+    fstype, _ = mount_options(node, job_id, path)
+    assert fstype == "tmpfs", fstype
+    r = node.cli("exec", job_id, "--", "python3", "-c",
+                 "import os, sys; s = os.statvfs(sys.argv[1]); "
+                 "print(s.f_blocks * s.f_frsize // 1024)", path)
+    assert r.returncode == 0, r.stderr
+    return int(r.stdout)
 
 
 def test_size_percent_of_the_job_memory_request(node):
