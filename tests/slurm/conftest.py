@@ -63,6 +63,9 @@ def slurm(request):
     cluster = jsb.cluster_for(version, cluster_root(version))
     try:
         cluster.start()
+    except jsb.TreeUnavailable as e:
+        cluster.stop()
+        pytest.skip(f"Slurm {version}: {e}")
     except BaseException:
         cluster.stop()
         raise

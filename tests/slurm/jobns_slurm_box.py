@@ -64,6 +64,11 @@ _MNTNS_ID = ("import fcntl,os,struct;fd=os.open('/proc/self/ns/mnt',os.O_RDONLY)
              "print(struct.unpack('Q',fcntl.ioctl(fd,%d,bytes(8)))[0])" % NS_GET_MNTNS_ID)
 
 
+class TreeUnavailable(RuntimeError):
+    """The Debian tree or jobns' packages for it cannot be had (no package registry?):
+    a reason to skip that version, as for the host's own packages."""
+
+
 def cluster_for(version: str, root: str, jobns: str | None = None) -> jsc.Cluster:
     """The test cluster for Slurm `version` (22.05: this host's packages)."""
     if version == HOST_VERSION:
@@ -95,7 +100,7 @@ def ensure_tree(suite: str, log=print) -> str:
                                capture_output=True, text=True,
                                env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
             if r.returncode != 0:
-                raise RuntimeError(f"apt-get install debootstrap failed: {r.stderr[-500:]}")
+                raise TreeUnavailable(f"apt-get install debootstrap failed: {r.stderr[-500:]}")
         partial = path + ".partial"
         if os.path.lexists(partial):
             if jsc.mounts_under(partial):
@@ -109,8 +114,10 @@ def ensure_tree(suite: str, log=print) -> str:
                                 "--include=" + ",".join(PACKAGES), suite, partial],
                                stdout=out, stderr=subprocess.STDOUT, timeout=1800)
         if r.returncode != 0:
-            raise RuntimeError(f"debootstrap {suite} failed (exit {r.returncode}); see "
-                               f"{CACHE}/debootstrap-{suite}.log")
+            with open(os.path.join(CACHE, f"debootstrap-{suite}.log"), errors="replace") as f:
+                tail = f.read()[-400:]
+            raise TreeUnavailable(f"debootstrap {suite} failed (exit {r.returncode}; no "
+                                  f"package registry reachable?): {tail}")
         with open(os.path.join(partial, ".jobns-tree-ready"), "w") as f:
             f.write(" ".join(PACKAGES) + "\n")
         os.rename(partial, path)
@@ -289,8 +296,9 @@ class BoxCluster(jsc.Cluster):
         r = self.run([f"{venv}/bin/python", "-m", "pip", "install", "-q",
                       "--disable-pip-version-check", "-e", CHECKOUT], timeout=600, env=env)
         if r.returncode != 0:
-            raise RuntimeError(f"pip install -e {CHECKOUT} in the {self.suite} tree failed:\n"
-                               f"{r.stdout[-1000:]}{r.stderr[-2000:]}")
+            raise TreeUnavailable(f"pip install -e {CHECKOUT} in the {self.suite} tree "
+                                  f"failed (no package index reachable?):\n"
+                                  f"{r.stdout[-1000:]}{r.stderr[-1500:]}")
         self.run([f"{venv}/bin/python", "-m", "compileall", "-q", f"{CHECKOUT}/src"])
         with open(stamp, "w") as f:
             f.write(want)

@@ -9,7 +9,7 @@ task_post_fork and task_exit hooks wrote in the private directory. These are job
 tests of the same behaviours, with jobns in place of Slurm's plugin.
 
 Slurm's tests use /var/tmp as the second private directory; here it is SCRATCH
-(/srv/jobns-contract, made and removed by the tests), because the fixture keeps the whole
+(/srv/jobns-contract-<pid>, made and removed by the tests), because the fixture keeps the whole
 cluster (SlurmdSpoolDir, logs, etc/) under /var/tmp, and a slurmstepd that runs inside the
 job's namespace (the native route from 24.11 on, like Slurm's own plugin) must see those.
 
@@ -34,7 +34,9 @@ import pytest
 pytestmark = pytest.mark.slurm
 
 ALICE = "jobns-alice"
-SCRATCH = "/srv/jobns-contract"
+# (names carry this process's id: other test runs may share the node's directories)
+SCRATCH = f"/srv/jobns-contract-{os.getpid()}"
+ON_NODE = f"jobns-contract-on-node-{os.getpid()}"
 TERMINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY",
             "BOOT_FAIL", "DEADLINE", "PREEMPTED")
 
@@ -109,7 +111,7 @@ defaults:
 
 def test_scratch_and_dev_shm_private_with_pid_and_user_namespaces(cluster, scratch):
     cluster.set_namespace_config(NS_YAML_159_1.format(base=cluster.base, scratch=SCRATCH))
-    markers = [cluster.node_path(f"{d}/jobns-contract-on-node") for d in (SCRATCH,
+    markers = [cluster.node_path(f"{d}/{ON_NODE}") for d in (SCRATCH,
                                                                           "/dev/shm")]
     for m in markers:
         with open(m, "w") as f:
@@ -124,14 +126,14 @@ def test_scratch_and_dev_shm_private_with_pid_and_user_namespaces(cluster, scrat
     try:
         out = srun_out(cluster, """\
             for d in {SCRATCH} /dev/shm; do
-                if [ -e $d/jobns-contract-on-node ]; then echo "$d: node file visible"
+                if [ -e $d/{ON_NODE} ]; then echo "$d: node file visible"
                 else echo "$d: private"; fi
             done
             echo "shm: $(findmnt -n -o FSTYPE /dev/shm)"
             echo "pid: $(readlink /proc/self/ns/pid)"
             echo "user: $(readlink /proc/self/ns/user)"
             echo mine > {SCRATCH}/from-job
-            """.replace("{SCRATCH}", SCRATCH))
+            """.replace("{SCRATCH}", SCRATCH).replace("{ON_NODE}", ON_NODE))
     finally:
         for m in markers:
             os.unlink(m)
@@ -148,7 +150,7 @@ def test_scratch_and_dev_shm_private_with_pid_and_user_namespaces(cluster, scrat
     out = srun_out(cluster, f"readlink /proc/self/ns/pid /proc/self/ns/user; ls -A {SCRATCH}",
                    "-n2", "-O")
     assert node_pid not in out and node_user not in out, out
-    assert "jobns-contract-on-node" not in out
+    assert ON_NODE not in out
 
 
 # ---------------------------------------------------------------- dir_confs (26.05's format)
@@ -182,18 +184,18 @@ def dir_confs(cluster, scratch):
 
 def test_dir_confs_bind_is_private_and_noexec(dir_confs):
     cluster = dir_confs
-    marker = cluster.node_path(f"{SCRATCH}/jobns-contract-on-node")
+    marker = cluster.node_path(f"{SCRATCH}/{ON_NODE}")
     with open(marker, "w") as f:
         f.write("node\n")
     try:
         out = srun_out(cluster, """\
-            if [ -e {SCRATCH}/jobns-contract-on-node ]; then echo "node file visible"
+            if [ -e {SCRATCH}/{ON_NODE} ]; then echo "node file visible"
             else echo "private"; fi
             printf '#!/bin/sh\\necho ran\\n' > {SCRATCH}/x.sh
             chmod +x {SCRATCH}/x.sh
             {SCRATCH}/x.sh
             echo "exit:$?"
-            """.replace("{SCRATCH}", SCRATCH))
+            """.replace("{SCRATCH}", SCRATCH).replace("{ON_NODE}", ON_NODE))
     finally:
         os.unlink(marker)
     assert out.startswith("private\n"), out
@@ -247,7 +249,7 @@ def test_sbcast_into_the_private_dir(cluster):
     """SPANK route: sbcast writes through slurmd, outside the job (docs/slurm.md): the file
     lands in the node's /tmp and the job's private /tmp does not see it. Native route: in
     the job's /tmp only."""
-    name = "/tmp/jobns-contract-sbcast"
+    name = f"/tmp/jobns-contract-sbcast-{os.getpid()}"
     node_file = cluster.node_path(name)
     src = f"/home/{ALICE}/jobns-contract-sbcast.src"
     with open(cluster.node_path(src), "w") as f:

@@ -21,8 +21,10 @@ def _mounts_below(cluster, path: str) -> list[str]:
 
 def test_private_tmp_and_dev_shm(cluster, tmp_path):
     # Markers on the node that a job must not see.
-    host_tmp = cluster.node_path("/tmp/jobns-slurm-test-host-marker")
-    host_shm = cluster.node_path("/dev/shm/jobns-slurm-test-host-marker")
+    # (named after this process: other test runs may share the node's /tmp)
+    marker = f"jobns-slurm-test-host-marker-{os.getpid()}"
+    host_tmp = cluster.node_path(f"/tmp/{marker}")
+    host_shm = cluster.node_path(f"/dev/shm/{marker}")
     for p in (host_tmp, host_shm):
         with open(p, "w") as f:
             f.write("host\n")
@@ -40,7 +42,7 @@ def test_private_tmp_and_dev_shm(cluster, tmp_path):
         assert r.returncode == 0, r.stderr
         out = r.stdout.splitlines()
         assert out[0].split() == ["tmpfs", "tmpfs"], r.stdout
-        assert "jobns-slurm-test-host-marker" not in r.stdout
+        assert marker not in r.stdout
         assert out[-1] == f"{ALICE} 700"
         assert not os.path.exists(cluster.node_path("/dev/shm/job-file")), \
             "job's /dev/shm leaked to the node"
@@ -182,7 +184,7 @@ def test_prolog_epilog_scripts_instead_of_spank_prolog(cluster):
 
 def test_disabled_node_runs_jobs_without_namespace(cluster):
     cluster.set_namespace_config(base_path="none")
-    marker = "/tmp/jobns-slurm-test-disabled-marker"
+    marker = f"/tmp/jobns-slurm-test-disabled-marker-{os.getpid()}"
     with open(cluster.node_path(marker), "w") as f:
         f.write("host\n")
     try:
