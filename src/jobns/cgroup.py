@@ -4,7 +4,8 @@ A job's processes can leave its mount (and user, PID) namespace: `unshare -Urm` 
 mount-only job makes a process no pin-based kill would find. Two modes, chosen per job at
 create and written to its record (`containment`), shown by `jobns list` and the logs:
 
-- ``cgroup``: the job has its own cgroup v2 group, ``<cgroup2 mount>/jobns/<J>``; the
+- ``cgroup``: the job has its own cgroup v2 group, ``<cgroup2 mount>/jobns/<base>/<J>``
+  (``<base>``: base_path with ``/`` as ``_``); the
   namespace child (hence PID 1) and every `jobns exec`/`run` command are placed in it, and
   a process cannot leave a cgroup by unsharing namespaces. `delete` writes ``1`` to its
   ``cgroup.kill`` (kernel >= 5.14; older kernels: SIGKILL to each member until it is
@@ -74,26 +75,49 @@ def tasks_join(path: str) -> bool:
 MARKER = "cgroup"     # <J>/.ns/cgroup: the group tasks of the job join (read by the SPANK plugin)
 
 
-def group_path(job_id: str, parent: str) -> str:
-    return os.path.join(parent, _TOP, job_id)
+def base_key(base: str) -> str:
+    """The group name of a base_path: the same job id under two base_paths (two configs
+    on one node) must never share a group."""
+    return os.path.realpath(base).strip("/").replace("/", "_") or "_"
 
 
-def make_group(job_id: str, log) -> str | None:
+def group_path(job_id: str, parent: str, base: str) -> str:
+    return os.path.join(parent, _TOP, base_key(base), job_id)
+
+
+def is_group_of(path: str, job_id: str, base: str) -> bool:
+    """Whether `path` (from a job record) is a group jobns made for this job: only such a
+    group is ever killed."""
+    return isinstance(path, str) and os.path.basename(path) == job_id and \
+        os.path.basename(os.path.dirname(path)) == base_key(base) and \
+        os.path.basename(os.path.dirname(os.path.dirname(path))) == _TOP
+
+
+def make_group(job_id: str, base: str, log) -> str | None:
     """Make the job's group; its path, or None (scan mode) when no cgroup2 hierarchy is
-    writable, with the reason logged at debug level. An existing group of this id is
-    left by an earlier job: it is emptied and reused."""
+    writable, with the reason logged at debug level. An existing group of this job id and
+    base_path was left by an earlier job of that id (whose directory is gone: this runs
+    under the job's lock, after any stale job was removed): it is emptied and reused."""
     parent = parent_dir()
     if parent is None:
         return None
-    path = group_path(job_id, parent)
+    path = group_path(job_id, parent, base)
     try:
-        with suppress(FileExistsError):
-            os.mkdir(os.path.join(parent, _TOP), 0o755)
-        try:
-            os.mkdir(path, 0o755)
-        except FileExistsError:
-            kill_group(path, log)
-            os.mkdir(path, 0o755)
+        for _ in range(100):
+            # the base's dir goes away when its last group does (kill_group): again then
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            try:
+                os.mkdir(path, 0o755)
+                break
+            except FileExistsError:
+                kill_group(path, log, drop_parent=False)
+                with suppress(FileNotFoundError):
+                    os.mkdir(path, 0o755)
+                    break
+            except FileNotFoundError:
+                continue
+        else:
+            raise OSError(errno.EAGAIN, "the group's parent kept disappearing", path)
     except OSError as e:
         log("debug", f"cgroup {path}: {e.strerror} [{errno.errorcode.get(e.errno, '?')}]; "
             "containment by scan")
@@ -166,9 +190,10 @@ def _open_events(path: str) -> "_Events | None":
         return None
 
 
-def kill_group(path: str, log, timeout: float = 10.0) -> int | None:
-    """Kill every process in the group at `path` and remove the group. Returns how many
-    processes it held (None if there was no such group). Never raises."""
+def kill_group(path: str, log, timeout: float = 10.0, *, drop_parent: bool = True) -> int | None:
+    """Kill every process in the group at `path` and remove the group (and its base_path's
+    dir, if that is empty now). Returns how many processes it held (None if there was no
+    such group). Never raises."""
     if not os.path.isdir(path):
         return None
     count = len(_members(path))
@@ -209,7 +234,31 @@ def kill_group(path: str, log, timeout: float = 10.0) -> int | None:
     except OSError as e:
         log("warning", f"cgroup {path}: not removed: {e.strerror} "
             f"[{errno.errorcode.get(e.errno, '?')}]")
+        return count
+    if drop_parent:
+        with suppress(OSError):     # EBUSY/ENOTEMPTY: other jobs of this base_path
+            os.rmdir(os.path.dirname(path))
     return count
+
+
+def prune(base: str, keep: set[str], log) -> int:
+    """Node start (restore): kill and remove every group of this base_path whose job is
+    not in `keep` (a create killed half way, a job dir removed by hand). Returns how many
+    groups were removed."""
+    parent = parent_dir()
+    if parent is None:
+        return 0
+    top = os.path.join(parent, _TOP, base_key(base))
+    try:
+        names = [e.name for e in os.scandir(top) if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        if name not in keep:
+            kill_group(os.path.join(top, name), log)
+            removed += 1
+    return removed
 
 
 # ------------------------------------------------------------------- scan mode

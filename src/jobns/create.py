@@ -132,7 +132,7 @@ def _user_map_hook(step: Step, run: _Run) -> None:
 
 def _unshare(step: Step, run: _Run) -> None:
     from jobns import cgroup
-    run.cgroup = cgroup.make_group(run.job_id, run.log)
+    run.cgroup = cgroup.make_group(run.job_id, run.paths.base, run.log)
     join = bool(run.cgroup) and cgroup.tasks_join(run.cgroup)
     run.record.update(containment=cgroup.CGROUP if run.cgroup else cgroup.SCAN,
                       cgroup=run.cgroup, tasks_join=join)

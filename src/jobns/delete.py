@@ -127,15 +127,14 @@ def _kill_namespace_members(pin_ino: int) -> int:
     return killed
 
 
-def _kill_contained(record: dict, job_id: str, log) -> int:
+def _kill_contained(record: dict, job_id: str, base: str, log) -> int:
     """Kill and remove the job's cgroup (containment mode cgroup): every process that
     descends from the job, whatever namespaces it made. Only a group jobns made for this
-    job id (``.../jobns/<J>``) is touched."""
-    path = record.get("cgroup")
-    if not isinstance(path, str) or os.path.basename(path) != job_id or \
-            os.path.basename(os.path.dirname(path)) != "jobns":
-        return 0
+    job id and base_path (``.../jobns/<base>/<J>``) is touched."""
     from jobns import cgroup
+    path = record.get("cgroup")
+    if not cgroup.is_group_of(path, job_id, base):
+        return 0
     return cgroup.kill_group(path, log) or 0
 
 
@@ -207,7 +206,7 @@ def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True,
         return result
     ino = pin_inode(paths.pin)
     record = read_record(paths) or {}
-    result.killed += _kill_contained(record, job_id, log)
+    result.killed += _kill_contained(record, job_id, base, log)
     if ino is not None:
         init = read_init_pid(paths, ino)
         if init and kill_and_wait(init, ino):

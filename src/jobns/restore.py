@@ -52,6 +52,8 @@ def restore(cfg: NodeConfig, live: set[str] | frozenset[str] = frozenset(), *,
                 continue
             outcome = delete_locked(cfg, name, log)
         (result.removed if outcome.ok else result.failed).append(name)
+    from jobns import cgroup
+    cgroup.prune(base, {e.name for e in os.scandir(base) if not e.name.startswith(".")}, log)
     trash = purge_trash(cfg, log)
     if not trash.ok:
         result.failed.append(TRASH)
