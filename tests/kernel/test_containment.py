@@ -33,6 +33,13 @@ def mode(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def cgroup_mode(monkeypatch):
+    monkeypatch.delenv("JOBNS_CGROUP", raising=False)
+    if not _cgroup2_writable():
+        pytest.skip("no writable cgroup2 hierarchy here")
+
+
 def _yaml(node, extra: str = "") -> None:
     node.write_config(f"defaults:\n  base_path: {node.base}\n  auto_base_path: true\n{extra}")
 
@@ -130,9 +137,7 @@ def test_list_and_log_say_which_kill_mode_is_in_force(node, mode):
     assert "CONTAINMENT" in table and mode in table.splitlines()[1]
 
 
-def test_exec_and_pid1_run_in_the_jobs_cgroup(node, mode):
-    if mode != "cgroup":
-        pytest.skip("cgroup mode only")
+def test_exec_and_pid1_run_in_the_jobs_cgroup(node, cgroup_mode):
     _yaml(node, "  clone_ns_flags: [CLONE_NEWPID, CLONE_NEWNS]\n")
     node.cli("create", "14", "--user", "nobody", check=True)
     [entry] = json.loads(node.cli("list", "--json", check=True).stdout)
@@ -149,11 +154,9 @@ def test_exec_and_pid1_run_in_the_jobs_cgroup(node, mode):
 
 
 
-def test_restore_removes_groups_of_jobs_that_are_gone(node, mode):
+def test_restore_removes_groups_of_jobs_that_are_gone(node, cgroup_mode):
     """A create killed half way can leave a job's group (with processes) but no job dir:
     the next restore kills and removes it; a live job's group stays."""
-    if mode != "cgroup":
-        pytest.skip("cgroup mode only")
     _yaml(node)
     node.cli("create", "15", "--user", "nobody", check=True)
     [entry] = json.loads(node.cli("list", "--json", check=True).stdout)
