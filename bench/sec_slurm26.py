@@ -177,7 +177,7 @@ def _run_mode(res: Results, cluster, mode: str, runs: int, concurrent: int, info
     if r.returncode == 0:
         res.value(SECTION, f"{concurrent} jobs: mountinfo lines inside the newest job "
                            f"[{mode}]", float(r.stdout.strip()), "lines")
-    lat = [ms for ms in (_srun_ms(cluster) for _ in range(max(3, runs // 3))) if ms]
+    lat = [ms for ms in (_srun_ms(cluster) for _ in range(max(5, runs // 2))) if ms]
     res.timing(SECTION, f"{concurrent} jobs: srun -n1 true [{mode}]", lat)
     t0 = now()
     cluster.cmd(["scancel", "-u", USER], timeout=120)
