@@ -18,8 +18,11 @@ create and written to its record (`containment`), shown by `jobns list` and the 
   then kills, besides every process in the job's mount namespace, every process whose view
   still holds one of the job's private mounts (found by the device and inode of each private
   dir as the job saw it at create, through /proc/PID/root): a process that re-unshared
-  its mount namespace keeps those mounts, and with them the job's memory. A process that
-  also unmounted all of them escapes this mode (it no longer holds the job's files).
+  its mount namespace keeps those mounts, and with them the job's memory (a user namespace
+  cannot unmount them: they are locked); and, for a job with its own user namespace, every
+  process in it or in a user namespace below it. A root process of a mount-only job that
+  made a new mount namespace and unmounted every private dir escapes this mode (it no
+  longer holds the job's files).
 
 ``JOBNS_CGROUP``: ``off`` (scan mode), a cgroup2 directory to make the ``jobns`` groups
 under, or unset (automatic: the first writable cgroup2 mount, the v2 part of a hybrid
@@ -276,10 +279,34 @@ def holds_mounts(pid: int, marks: list) -> bool:
     return False
 
 
-def scan_holders(marks: list, exclude: set[int]) -> list[int]:
-    """Host pids of every process (but `exclude`) that sees one of the job's mounts."""
+def in_userns(pid: int, userns_ino: int) -> bool:
+    """Whether process `pid` is in the user namespace `userns_ino` or one below it (a job's
+    own user namespace: every namespace its processes make descends from it)."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    from jobns import kernel
+    try:
+        for _ in range(33):     # the kernel nests user namespaces at most 32 deep
+            if os.fstat(fd).st_ino == userns_ino:
+                return True
+            try:
+                parent = kernel.ns_get_parent(fd)
+            except OSError:     # EPERM: reached our own level without meeting it
+                return False
+            os.close(fd)
+            fd = parent
+        return False
+    finally:
+        os.close(fd)
+
+
+def scan_holders(marks: list, exclude: set[int], userns_ino: int | None = None) -> list[int]:
+    """Host pids of every process (but `exclude`) that sees one of the job's mounts, or is
+    in the job's own user namespace (`userns_ino`) or one below it."""
     out = []
-    if not marks:
+    if not marks and not userns_ino:
         return out
     try:    # a process in our own mount namespace sees the node's dirs, not the job's
         own = os.stat("/proc/self/ns/mnt").st_ino
@@ -296,6 +323,6 @@ def scan_holders(marks: list, exclude: set[int]) -> list[int]:
                 continue
         except OSError:
             continue
-        if holds_mounts(pid, marks):
+        if holds_mounts(pid, marks) or (userns_ino and in_userns(pid, userns_ino)):
             out.append(pid)
     return out

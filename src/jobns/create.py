@@ -175,8 +175,29 @@ def _record(step: Step, run: _Run) -> None:
     init_pid = run.init_pid
     run.record.update(state=STATE_READY, init_pid=init_pid,
                       init_start=kernel.proc_start_time(init_pid) if init_pid else None,
-                      pin_inode=pin_inode(run.paths.pin))
+                      pin_inode=pin_inode(run.paths.pin),
+                      userns_inode=_own_userns_inode(run.paths.pin))
     write_record(step.path, run.record)
+
+
+def _own_userns_inode(pin: str) -> int | None:
+    """The inode of the job's own user namespace (None: it has none), for containment by
+    scan: processes in it or below it are the job's."""
+    try:
+        fd = os.open(pin, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        user = kernel.ns_get_userns(fd)
+        try:
+            ino = os.fstat(user).st_ino
+        finally:
+            os.close(user)
+        return None if ino == os.stat("/proc/self/ns/user").st_ino else ino
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _index(step: Step, run: _Run) -> None:

@@ -138,7 +138,7 @@ def _kill_contained(record: dict, job_id: str, base: str, log) -> int:
     return cgroup.kill_group(path, log) or 0
 
 
-def _kill_mount_holders(marks: list, rounds: int = 20) -> int:
+def _kill_mount_holders(marks: list, userns_ino: int | None = None, rounds: int = 20) -> int:
     """Containment mode scan: kill every process that still sees one of the job's private
     mounts (a process that re-unshared its mount namespace keeps them), until none is left
     (they may fork while being killed)."""
@@ -147,7 +147,7 @@ def _kill_mount_holders(marks: list, rounds: int = 20) -> int:
     killed = 0
     me = {os.getpid()}
     for _ in range(rounds):
-        found = cgroup.scan_holders(marks, me)
+        found = cgroup.scan_holders(marks, me, userns_ino)
         if not found:
             break
         for pid in found:
@@ -157,7 +157,8 @@ def _kill_mount_holders(marks: list, rounds: int = 20) -> int:
                 continue
             try:
                 # the pid is pinned by the pidfd: check it is still the same holder
-                if cgroup.holds_mounts(pid, marks):
+                if cgroup.holds_mounts(pid, marks) or \
+                        (userns_ino and cgroup.in_userns(pid, userns_ino)):
                     with suppress(OSError):
                         kernel.pidfd_send_signal(pidfd, kernel.SIGKILL)
                         killed += 1
@@ -214,7 +215,9 @@ def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True,
         result.killed += _kill_namespace_members(ino)
     if record.get("containment") != "cgroup" or record.get("tasks_join") is False:
         # no group, or a scheduler's tasks stay in the scheduler's own groups
-        result.killed += _kill_mount_holders(record.get("marks") or [])
+        userns = record.get("userns_inode")
+        result.killed += _kill_mount_holders(record.get("marks") or [],
+                                             userns if isinstance(userns, int) else None)
     if run_epilog and ino is not None and cfg.clone_ns_epilog:
         _run_epilog(cfg, record, job_id, paths, log)
     # The pin is the only mount a job normally has on the host. Anything else mounted

@@ -67,6 +67,7 @@ UMOUNT_NOFOLLOW = 0x8
 
 # ioctl(2) requests on namespace file descriptors (linux/nsfs.h)
 NS_GET_USERNS = 0xB701
+NS_GET_PARENT = 0xB702
 NS_GET_NSTYPE = 0xB703
 NS_GET_MNTNS_ID = 0x8008B705
 
@@ -113,6 +114,12 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
 def ns_get_userns(nsfd: int) -> int:
     """A new fd for the user namespace that owns the namespace behind `nsfd`."""
     return fcntl.ioctl(nsfd, NS_GET_USERNS)
+
+
+def ns_get_parent(nsfd: int) -> int:
+    """A new fd for the parent of the user (or PID) namespace behind `nsfd`; OSError(EPERM)
+    at the caller's own namespace's level or above."""
+    return fcntl.ioctl(nsfd, NS_GET_PARENT)
 
 
 def ns_type(nsfd: int) -> int:

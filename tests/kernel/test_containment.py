@@ -91,9 +91,16 @@ def _escape(node, job_id: str, script: str, user: str | None = None) -> list[tup
     if "fork" in script or "setsid" in script:
         wait_until(lambda: len(_tree(top)) >= 2, 10, "the escaped processes to fork")
     mnt = os.stat(os.path.join(node.job_dir(job_id), ".ns/mnt")).st_ino
-    wait_until(lambda: all(os.stat(f"/proc/{p}/ns/mnt").st_ino != mnt for p in _tree(top)),
-               10, "the processes to leave the job's mount namespace")
+    wait_until(lambda: all(_mnt_ns(p) != mnt for p in _tree(top)), 10,
+               "the processes to leave the job's mount namespace")
     return [(p, start_time(p)) for p in _tree(top)]
+
+
+def _mnt_ns(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}/ns/mnt").st_ino
+    except OSError:     # gone (a short-lived child of the escaping shell)
+        return None
 
 
 @pytest.mark.parametrize("how", list(ESCAPES))
@@ -174,3 +181,25 @@ def test_restore_removes_groups_of_jobs_that_are_gone(node, cgroup_mode):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_scan_finds_a_root_process_that_unmounted_the_jobs_dirs_in_a_user_ns_job(node, mode):
+    """In a job with its own user namespace, root (of the job) may make a new mount
+    namespace and unmount every private dir: it holds no mount of the job any more, but is
+    still in the job's user namespace."""
+    if not _userns_for_nobody():
+        pytest.skip("user namespaces are disabled here")
+    _yaml(node, "  clone_ns_flags: [CLONE_NEWUSER, CLONE_NEWNS]\n")
+    node.cli("create", "17", "--user", "nobody", check=True)
+    procs = _escape(node, "17", "unshare -m sh -c 'umount -l /tmp && umount -l /dev/shm && "
+                    "exec sleep 1000' " + _BG, user="root")
+    try:
+        pid = procs[0][0]
+        wait_until(lambda: os.stat(f"/proc/{pid}/root/tmp").st_dev ==
+                   os.stat("/tmp").st_dev or not alive(pid), 10, "the unmounts")
+        assert node.cli("delete", "17").returncode == 0
+        assert [p for p, st in procs if alive(p, st)] == []
+    finally:
+        for p, st in procs:
+            if alive(p, st):
+                os.kill(p, signal.SIGKILL)
