@@ -167,18 +167,17 @@ class Box:
         for b in self.binds:
             os.makedirs(t + b, exist_ok=True)
             lines.append(f"mount --bind {b} {t}{b}")
-        lines += [f"cd {t}", "mkdir -p .oldroot", "pivot_root . .oldroot", "cd /",
-                  "umount -l /.oldroot", "rmdir /.oldroot", "echo ready",
-                  "exec sleep infinity"]
+        # the namespace is made on `cpu`; its holder then may run on every CPU again
         cpu = _best_cpu()
+        every = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+        lines += [f"cd {t}", "mkdir -p .oldroot", "pivot_root . .oldroot", "cd /",
+                  "umount -l /.oldroot", "rmdir /.oldroot",
+                  f"taskset -p -c {every} $$ >/dev/null", "echo ready", "exec sleep infinity"]
         key, value = self.tag.split("=", 1)
         env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", key: value}
-        # the namespace is made on `cpu`; its sleep then may run anywhere
         p = subprocess.Popen(["taskset", "-c", str(cpu), "unshare", "--mount",
                               "--propagation", "private", "--", "/bin/sh", "-c",
-                              "\n".join(lines[:-1]) + "\ntaskset -p -c "
-                              f"{','.join(map(str, sorted(os.sched_getaffinity(0))))} $$ "
-                              ">/dev/null\nexec sleep infinity"],
+                              "\n".join(lines)],
                              env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, start_new_session=True)
         first = p.stdout.readline()
