@@ -24,8 +24,9 @@
  * all through jobns_run() (jobns_run.h), the job-start path the SPANK plugin uses: the
  * per-node jobns service (started after restore), else the CLI as a process.
  *   join     open the job's pin <runtime>/jobs/<J>/.ns/mnt and setns: PID (children
- *            only), USER, MNT, with jobns_join.h (the join of the SPANK and PAM modules).  Slurm calls it in single-threaded forked children: the
- *            task before exec, TaskProlog/TaskEpilog, the sbcast writer in slurmd, x11
+ *            only), USER, MNT, with jobns_join.h (the join of the SPANK and PAM
+ *            modules).  Slurm calls it in single-threaded forked children: the task
+ *            before exec, TaskProlog/TaskEpilog, the sbcast writer in slurmd, x11
  *            and, from 24.11 on, slurmd's child that execs a step's slurmstepd, so the
  *            whole step (SPANK plugins included) runs inside the job's namespaces.
  *   join_external  the pin fds pam_slurm_adopt receives (REQUEST_GET_NS_FD(S)).
@@ -34,8 +35,9 @@
  * in the job's PID namespace: a job with a PID namespace is refused there (the SPANK
  * route gives it), never run half isolated.
  *
- * The jobns executable, its config file and runtime dir are fixed at build time
- * (JOBNS_EXE, JOBNS_CONFIG, JOBNS_RUNTIME): job_container plugins take no arguments.
+ * The jobns executable, its config file, runtime dir and the use of the jobns service
+ * are fixed at build time (JOBNS_EXE, JOBNS_CONFIG, JOBNS_RUNTIME, JOBNS_SERVICE):
+ * job_container and namespace plugins take no arguments.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -49,11 +51,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-#include <sys/ioctl.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/types.h>
-#include <linux/nsfs.h>
 
 #include "config.h"
 #include "slurm/slurm.h"
@@ -103,8 +102,10 @@ extern slurmd_conf_t *conf __attribute__((weak));
 #endif
 /* prolog/epilog go to the per-node jobns service first (docs/service.md), as from the
  * SPANK plugin; build-plugin --no-service compiles JOBNS_SERVICE=0 */
-static const struct jobns_cmd jobns_cmd = { JOBNS_EXE, JOBNS_CONFIG, JOBNS_RUNTIME,
-					    JOBNS_SERVICE };
+static const struct jobns_cmd jobns_cmd = {
+	.jobns = JOBNS_EXE, .config = JOBNS_CONFIG, .runtime = JOBNS_RUNTIME,
+	.service = JOBNS_SERVICE,
+};
 
 /* The job's namespaces, opened once in the extern slurmstepd for join_external. */
 static uint32_t ext_job;
