@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 import jobns_slurm_cluster as jsc
 
@@ -92,7 +93,11 @@ def _download(deb_version: str, into: str) -> str:
         return dsc
     os.makedirs(into, exist_ok=True)
     last = ""
+    stamp = os.path.join(APT_DIR, "updated")
     for attempt in range(2):
+        fresh = os.path.exists(stamp) and time.time() - os.path.getmtime(stamp) < 86400
+        if attempt and fresh:
+            break           # the lists are today's: the mirror does not have the files
         if attempt or not os.path.isdir(os.path.join(APT_DIR, "lists")):
             _apt_update()
         r = subprocess.run(["apt-get", *_apt_options(), "-q", "source", "--download-only",
