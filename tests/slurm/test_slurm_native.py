@@ -28,10 +28,13 @@ import test_slurm_contract as contract
 from test_slurm_contract import (dir_confs, hook_plugin, scratch,  # noqa: F401
                                  test_other_spank_plugins_hooks,
                                  test_sbcast_into_the_private_dir)
-# ...and the route-independent job tests of test_slurm_jobs.py
+# ...and the route-independent job tests of test_slurm_jobs.py and test_slurm_recovery.py
 from test_slurm_jobs import (test_private_tmp_and_dev_shm,  # noqa: F401
                              test_steps_share_jobs_do_not,
                              test_task_that_re_unshares_does_not_outlive_its_job)
+from test_slurm_recovery import (  # noqa: F401
+    test_slurmd_restart_keeps_running_job_and_restore_removes_dead_ones,
+    test_slurmd_sigkill_then_cancel_leaves_nothing)
 
 pytestmark = pytest.mark.slurm
 
