@@ -89,6 +89,21 @@ def _node_mountinfo_lines(cluster) -> int:
         return f.read().count(b"\n")
 
 
+def _stable_mountinfo_lines(cluster) -> int:
+    """The node's mountinfo line count once it stopped changing for 2 s (job namespaces
+    are pinned a moment after their directory appears)."""
+    last, since = _node_mountinfo_lines(cluster), time.monotonic()
+    end = since + 120
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        n = _node_mountinfo_lines(cluster)
+        if n != last:
+            last, since = n, time.monotonic()
+        elif time.monotonic() - since >= 2:
+            break
+    return last
+
+
 def _queue(cluster) -> list[str]:
     return cluster.cmd(["squeue", "-h", "-o", "%i"], timeout=60).stdout.split()
 
@@ -156,7 +171,7 @@ def _run_mode(res: Results, cluster, mode: str, runs: int, concurrent: int, info
 
     # 3. concurrency
     cluster.wait_idle()
-    lines0 = _node_mountinfo_lines(cluster)
+    lines0 = _stable_mountinfo_lines(cluster)
     _array(cluster, concurrent, "sleep 3000")
     want_dirs = 0 if mode == "none" else concurrent
 
@@ -166,7 +181,7 @@ def _run_mode(res: Results, cluster, mode: str, runs: int, concurrent: int, info
     t_start = now()
     _wait(all_running, 1200, f"{concurrent} jobs running")
     info["concurrent_start_s"] = round(now() - t_start, 1)
-    lines1 = _node_mountinfo_lines(cluster)
+    lines1 = _stable_mountinfo_lines(cluster)
     res.value(SECTION, f"{concurrent} jobs: node mountinfo lines per job [{mode}]",
               (lines1 - lines0) / concurrent, "lines",
               note=f"{lines0} -> {lines1}")
@@ -184,8 +199,9 @@ def _run_mode(res: Results, cluster, mode: str, runs: int, concurrent: int, info
     t_base = _wait(lambda: _job_dirs(cluster) == 0, 1200, "the base path to empty")
     t_idle = _wait(lambda: not _queue(cluster) and cluster.node_state() == "idle", 1200,
                    "the node to be idle")
-    res.value(SECTION, f"{concurrent} jobs: scancel to empty base_path [{mode}]",
-              t_base - t0, "s")
+    if mode != "none":   # no namespaces, no job directories
+        res.value(SECTION, f"{concurrent} jobs: scancel to empty base_path [{mode}]",
+                  t_base - t0, "s")
     res.value(SECTION, f"{concurrent} jobs: scancel to idle node [{mode}]", t_idle - t0, "s")
     left = [m for m in cluster.mounts_under(cluster.base) if m != cluster.base]
     info["mounts_left_under_base"] = len(left)
