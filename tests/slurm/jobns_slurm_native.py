@@ -30,7 +30,7 @@ SUITES = {"bookworm": ("http://deb.debian.org/debian", "bookworm"),
           "trixie-security": ("http://deb.debian.org/debian-security", "trixie-security"),
           "sid": ("http://deb.debian.org/debian", "sid")}
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
-BUILD_DEPS = ("libmunge-dev",)
+BUILD_DEPS = (("dpkg-dev", "/usr/bin/dpkg-source"), ("libmunge-dev", "/usr/include/munge.h"))
 # Debian's configure options for slurm-wlm that shape the structures a plugin reads.
 CONFIGURE = ("--sysconfdir=/etc/slurm", "--enable-multiple-slurmd", "--disable-debug",
              "--without-rpath", "-q")
@@ -128,10 +128,13 @@ def _upstream_only(deb_version: str, into: str) -> str:
                                 f"no .orig tarball ({(r.stderr or r.stdout)[-300:]})")
     path = os.path.join(into, name)
     if not os.path.isfile(path) or _sha256(path) != sha:
-        c = subprocess.run(["curl", "-fsS", "-o", path + ".part", uri], capture_output=True,
-                           text=True, timeout=900)
-        if c.returncode != 0:
-            raise SourceUnavailable(f"{uri}: {c.stderr.strip()}")
+        import urllib.error
+        import urllib.request
+        try:
+            with urllib.request.urlopen(uri, timeout=300) as r, open(path + ".part", "wb") as f:
+                shutil.copyfileobj(r, f)
+        except (urllib.error.URLError, OSError) as e:
+            raise SourceUnavailable(f"{uri}: {e}") from None
         os.replace(path + ".part", path)
     if _sha256(path) != sha:
         os.unlink(path)
@@ -166,14 +169,16 @@ def _unpack(deb_version: str, top: str, tree: str) -> None:
 
 
 def _install_build_deps() -> None:
-    """What configure needs on this host: munge's headers (required from 23.x on)."""
-    if os.path.isfile("/usr/include/munge.h"):
+    """What unpacking and configure need on this host: dpkg-source (dpkg-dev) and
+    munge's headers (configure requires them from 23.x on)."""
+    missing = [pkg for pkg, path in BUILD_DEPS if not os.path.exists(path)]
+    if not missing:
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     r = subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                        *BUILD_DEPS], capture_output=True, text=True, env=env, timeout=900)
+                        *missing], capture_output=True, text=True, env=env, timeout=900)
     if r.returncode != 0:
-        raise SourceUnavailable(f"apt-get install {' '.join(BUILD_DEPS)} failed: "
+        raise SourceUnavailable(f"apt-get install {' '.join(missing)} failed: "
                                 f"{r.stderr[-400:]}")
 
 
@@ -206,9 +211,9 @@ def source_tree(deb_version: str) -> tuple[str, str]:
         for d in (tree, build):
             if os.path.isdir(d):
                 shutil.rmtree(d)
+        _install_build_deps()
         _unpack(deb_version, top, tree)
         os.makedirs(build)
-        _install_build_deps()
         r = subprocess.run(["nice", os.path.join(tree, "configure"), *CONFIGURE], cwd=build,
                            capture_output=True, text=True, timeout=1200)
         if r.returncode != 0:
