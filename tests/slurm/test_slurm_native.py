@@ -459,3 +459,16 @@ def test_scratch_and_dev_shm_private_with_pid_and_user_namespaces(cluster, scrat
     r = cluster.srun(ALICE, ["sh", "-c", "echo ran"], timeout=90)
     assert r.returncode != 0 and "ran" not in r.stdout, (r.stdout, r.stderr)
     assert "cannot give tasks before Slurm 24.11" in cluster.slurmd_log()
+
+
+def test_user_namespace_on_every_version(ncluster):
+    """CLONE_NEWUSER alone needs no PID namespace: the native route gives it on every
+    version (the task, and sbcast's writer, join the user namespace before the mount one)."""
+    ncluster.set_namespace_config(clone_ns_flags=["CLONE_NEWUSER"])
+    host_user = ncluster.run(["readlink", "/proc/self/ns/user"]).stdout.strip()
+    r = ncluster.srun(ALICE, ["sh", "-c", "readlink /proc/self/ns/user; stat -c '%U %a' /tmp; "
+                                          "id -un"])
+    assert r.returncode == 0, r.stderr + ncluster.log_tail()
+    ns, owner, who = r.stdout.splitlines()
+    assert ns.startswith("user:[") and ns != host_user, r.stdout
+    assert owner == f"{ALICE} 700" and who == ALICE, r.stdout
