@@ -5,9 +5,10 @@ mount-only job makes a process no pin-based kill would find. Two modes, chosen p
 create and written to its record (`containment`), shown by `jobns list` and the logs:
 
 - ``cgroup``: the job has its own cgroup v2 group, ``<cgroup2 mount>/jobns/<base>/<J>``
-  (``<base>``: base_path with ``/`` as ``_``); the
-  namespace child (hence PID 1) and every `jobns exec`/`run` command are placed in it, and
-  a process cannot leave a cgroup by unsharing namespaces. `delete` writes ``1`` to its
+  (``<base>``: base_path with ``/`` as ``_``); the namespace child (hence PID 1), every
+  `jobns exec`/`run` command and every native join (jobns_join.h, where ``.ns/cgroup``
+  names the group) are placed in it, and a process cannot leave a cgroup by unsharing
+  namespaces. `delete` writes ``1`` to its
   ``cgroup.kill`` (kernel >= 5.14; older kernels: SIGKILL to each member until it is
   empty), waits until it is unpopulated, and removes it. jobns enables no controller in
   its groups: it only needs membership and kill. On a hybrid v1/v2 node the group lives

@@ -247,8 +247,6 @@ def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True,
     return result
 
 
-
-
 def _claim(parent_fd: int, name: str, *, wait: bool) -> int | None:
     """An fd of directory parent_fd/name holding an exclusive flock on it, or None (not a
     directory, gone, or -- without `wait` -- being removed by a live process). The flock
