@@ -32,7 +32,7 @@ import subprocess
 import time
 
 from bench import sec_slurm
-from bench.common import JOBNS, Results, log, loadavg, mounts_under, now
+from bench.common import JOBNS, Node, Results, log, loadavg, mounts_under, now
 
 SECTION = "throughput"
 ROOT = "/var/tmp/jobns-bench-throughput"
@@ -255,7 +255,7 @@ def _one_series(cluster, res: Results, info: dict, tag: str, rounds: int, n_jobs
                     d[key] += ms
                     d["fails"] += fails
                 if n_conc:
-                    _wait_empty(cluster, 60)
+                    cluster.wait_idle()
                     s, g = concurrent(cluster, n_conc)
                     d["conc_start"].append(s)
                     d["conc_gone"].append(g)
@@ -304,6 +304,87 @@ def _one_series(cluster, res: Results, info: dict, tag: str, rounds: int, n_jobs
                 row.met = row.ratio <= TARGETS[target]
 
 
+def job_paths(res: Results, runs: int) -> None:
+    """The prolog and epilog themselves, without Slurm, on an idle node: through the jobns
+    service (what the SPANK plugin does), as `jobns slurm prolog|epilog` processes (the
+    plugin's fallback, service=no, Prolog=/Epilog= scripts), and the in-process API (the
+    namespace work alone). "Added" = service round trip minus the API's time."""
+    from jobns import lifecycle
+    from jobns.slurm import service
+    tag = " [no Slurm]"
+    with Node("throughput") as node:
+        env = node.env()
+        env["JOBNS_RUNTIME_DIR"] = node.runtime
+        proc = subprocess.Popen([JOBNS, "slurm", "service", "--foreground"], env=env,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            sock = os.path.join(node.runtime, service.SOCKET)
+            end = time.monotonic() + 30
+            while not os.path.exists(sock) and time.monotonic() < end:
+                time.sleep(0.02)
+            job_env = {"SLURM_JOB_UID": "65534", "SLURM_JOB_GID": "65534",
+                       "SLURM_JOB_USER": "nobody"}
+            sp, se, cp, ce, ap, ae = [], [], [], [], [], []
+            cfg = node.cfg()
+            for i in range(runs + 3):
+                job_env["SLURM_JOB_ID"] = str(910000 + i)
+                t = now()
+                r = service.call(node.runtime, "prolog", job_env, config=node.config_file)
+                a = (now() - t) * 1000
+                time.sleep(0.02)
+                t = now()
+                r2 = service.call(node.runtime, "epilog", job_env, config=node.config_file)
+                b = (now() - t) * 1000
+                time.sleep(0.05)        # the removal after the answer
+                if not r or not r2 or r[0] or r2[0]:
+                    raise RuntimeError(f"service prolog/epilog failed: {r} {r2}")
+                if i >= 3:
+                    sp.append(a)
+                    se.append(b)
+            for i in range(runs):
+                e = dict(env, SLURM_JOB_ID=str(920000 + i), **{k: v for k, v in
+                                                               job_env.items()
+                                                               if k != "SLURM_JOB_ID"})
+                for op, out in (("prolog", cp), ("epilog", ce)):
+                    t = now()
+                    subprocess.run([JOBNS, "-q", "--config", node.config_file, "slurm", op],
+                                   env=e, check=True, stdin=subprocess.DEVNULL)
+                    out.append((now() - t) * 1000)
+            for i in range(runs + 3):
+                j = node.job(str(930000 + i))
+                t = now()
+                lifecycle.create(cfg, j)
+                a = (now() - t) * 1000
+                t = now()
+                lifecycle.delete(cfg, j.job_id)
+                b = (now() - t) * 1000
+                if i >= 3:
+                    ap.append(a)
+                    ae.append(b)
+        finally:
+            proc.terminate()
+            proc.wait(30)
+    api_c = res.timing(SECTION, "API create (namespace work alone)" + tag, ap)
+    api_d = res.timing(SECTION, "API delete, empty job" + tag, ae)
+    for name, vals, anchor in (("prolog through the jobns service", sp, api_c),
+                               ("epilog through the jobns service", se, api_d),
+                               ("jobns slurm prolog (process)", cp, api_c),
+                               ("jobns slurm epilog (process)", ce, api_d)):
+        row = res.timing(SECTION, name + tag, vals)
+        res.compare(row, anchor)
+    for what, vals, anchor in (("prolog", sp, api_c), ("epilog", se, api_d)):
+        added = res.value(SECTION, f"{what} through the service: added over the API" + tag,
+                          row_median(vals) - anchor.central, "ms")
+        added.target = "<= 5 ms"
+        added.met = added.value <= 5
+
+
+def row_median(vals: list[float]) -> float:
+    import statistics
+    return statistics.median(vals)
+
+
 def run(res: Results, runs: int, quick: bool, *, jobs: int = 50, concurrent_jobs: int = 200,
         rounds: int | None = None, loaded: bool = False,
         modes: tuple[str, ...] = MODES, versions: tuple[str, ...] = ("22.05",)) -> None:
@@ -326,6 +407,12 @@ def run(res: Results, runs: int, quick: bool, *, jobs: int = 50, concurrent_jobs
     runs = min(runs, 20)
     info: dict = {"jobs": jobs, "runs": runs, "rounds": rounds, "concurrent": concurrent_jobs,
                   "user": USER, "modes": {}, "anchor": ANCHOR, "versions": {}}
+    try:
+        info["loadavg_job_paths"] = loadavg()
+        job_paths(res, max(runs, 10))
+    except Exception as e:
+        info["job_paths_error"] = f"{type(e).__name__}: {e}"[:600]
+        log(f"throughput: prolog/epilog paths: {e}")
     for version in versions:
         cluster = make_cluster(jsc, jsb, version)
         vinfo = info["versions"].setdefault(version, {"modes": {}})
@@ -337,7 +424,8 @@ def run(res: Results, runs: int, quick: bool, *, jobs: int = 50, concurrent_jobs
             if loaded:
                 with Busy(2):
                     vinfo["loadavg_loaded_start"] = loadavg()
-                    _one_series(cluster, res, vinfo, f" ({version}, 2 busy loops)", rounds,
+                    _one_series(cluster, res, vinfo, f" ({version}, 2 busy loops)",
+                                max(1, rounds // 2),
                                 jobs, runs, concurrent_jobs, modes)
                     vinfo["loadavg_loaded_end"] = loadavg()
         except Exception as e:
