@@ -179,6 +179,7 @@ def test_new_code_on_disk_stops_the_service(node, svc):
     st = os.stat(module)
     try:
         os.utime(module, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+        time.sleep(service.STAMP_EVERY + 0.2)          # workers look at most once a second
         assert call(node, "epilog", "77") is None       # the plugin falls back to the CLI
         svc.wait(30)
     finally:

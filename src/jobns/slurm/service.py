@@ -59,6 +59,7 @@ MIN_IDLE = 2                         # workers kept waiting for a request
 MAX_WORKERS = 64                     # beyond that, requests wait in the listen backlog
 IDLE_RETIRE = 60.0                   # seconds an extra idle worker lives on
 MAX_REQUESTS = 10000                 # then a worker exits and a fresh one replaces it
+STAMP_EVERY = 1.0                    # seconds between two checks of the code on disk
 
 # Everything a prolog or epilog imports, loaded once in the service so that the forked
 # workers import nothing.
@@ -206,6 +207,8 @@ def _serve_one(conn: socket.socket, runtime: str) -> bool:
         answer(code)
     except ValueError as e:
         _reply_error(conn, f"jobns: error: service: bad request: {e}", 2)
+    except OSError:
+        pass    # the client went away or sent nothing in time: no answer (it falls back)
     finally:
         if out_fd >= 0:
             os.close(out_fd)
@@ -415,6 +418,7 @@ class Service:
 
     def _work(self, ctl: int, status_w: int) -> None:  # pragma: no cover - the worker
         me = os.getpid().to_bytes(4, "little")
+        checked = 0.0
         for _ in range(MAX_REQUESTS):
             ready, _, _ = select.select([self.listener, ctl], [], [])
             if ctl in ready:
@@ -427,13 +431,17 @@ class Service:
             conn.setblocking(True)
             if not self._peer_is_root(conn):
                 conn.close()
-            elif _code_stamp() != self.stamp:
-                # new code installed: this client falls back to the CLI, which starts
-                # the service again with the new code
-                os.write(status_w, b"X" + me)
-                conn.close()
-                return
-            elif not _serve_one(conn, self.runtime):
+                os.write(status_w, b"I" + me)
+                continue
+            if time.monotonic() - checked > STAMP_EVERY:
+                checked = time.monotonic()
+                if _code_stamp() != self.stamp:
+                    # new code installed: this client falls back to the CLI, which starts
+                    # the service again with the new code
+                    os.write(status_w, b"X" + me)
+                    conn.close()
+                    return
+            if not _serve_one(conn, self.runtime):
                 return
             os.write(status_w, b"I" + me)
 
