@@ -352,3 +352,28 @@ def test_delete_failure_names_where_the_dir_really_is(node):
             assert os.path.lexists(path), (path, r.stderr)
     finally:
         subprocess.run(["chattr", "-R", "-i", node.base], capture_output=True)
+
+
+def test_delete_killed_half_way_is_finished_by_the_next_delete(node):
+    """The case that happens: a delete is killed while it removes a big /tmp from the
+    trash (its lock dies with it); the next delete, of any job, finishes it."""
+    _yaml(node)
+    node.cli("create", "57", "--user", "nobody", check=True)
+    node.cli("create", "58", "--user", "nobody", check=True)
+    tmp = os.path.join(node.job_dir("57"), ".57", "_tmp")
+    for d in range(30):
+        os.mkdir(os.path.join(tmp, f"d{d}"))
+        for i in range(1000):
+            os.close(os.open(os.path.join(tmp, f"d{d}", f"f{i}"), os.O_CREAT | os.O_WRONLY,
+                             0o600))
+    p = subprocess.Popen([node_jobns(), "delete", "57"], env=node.env(),
+                         stderr=subprocess.DEVNULL)
+    # kill it once the job dir is in the trash (if it finished first, there is simply
+    # nothing left over, and the assertions below still hold)
+    wait_until(lambda: _trash(node) or p.poll() is not None, 60, "the rename into the trash")
+    p.kill()
+    p.wait()
+    r = node.cli("delete", "58")
+    assert r.returncode == 0, r.stderr
+    assert _trash(node) == []
+    assert _others(node) == []
