@@ -251,7 +251,7 @@ def test_sbcast_into_the_private_dir(cluster):
     the job's /tmp only."""
     name = f"/tmp/jobns-contract-sbcast-{os.getpid()}"
     node_file = cluster.node_path(name)
-    src = f"/home/{ALICE}/jobns-contract-sbcast.src"
+    src = f"/home/{ALICE}/jobns-contract-sbcast-{os.getpid()}.src"
     with open(cluster.node_path(src), "w") as f:
         f.write("sent by sbcast\n")
     os.chown(cluster.node_path(src), cluster.users[ALICE].pw_uid, cluster.users[ALICE].pw_gid)
