@@ -472,3 +472,26 @@ def test_user_namespace_on_every_version(ncluster):
     ns, owner, who = r.stdout.splitlines()
     assert ns.startswith("user:[") and ns != host_user, r.stdout
     assert owner == f"{ALICE} 700" and who == ALICE, r.stdout
+
+
+def test_lost_namespace_fails_the_step_never_runs_it_on_the_host(ncluster):
+    """A step of a running job whose namespace pin is gone (unmounted under it) does not
+    run: the join fails, and Slurm fails the task (before 24.11) or the step's launch."""
+    job = ncluster.sbatch(ALICE, "sleep 120\n")
+    try:
+        ncluster.wait_running(job)
+        pin = os.path.join(ncluster.runtime, "jobs", job, ".ns", "mnt")
+        ncluster.wait_until(lambda: os.path.lexists(pin), 30, f"{pin}")
+        r = ncluster.run(["umount", pin])
+        assert r.returncode == 0, r.stderr
+        assert ncluster.job_state(job) == "RUNNING"
+        r = ncluster.srun(ALICE, ["sh", "-c", "echo ran-on-the-node"], f"--jobid={job}",
+                          "--overlap", timeout=90)
+        assert r.returncode != 0 and "ran-on-the-node" not in r.stdout, (r.stdout, r.stderr)
+        assert f"jobns: job {job}: {pin} is not a mount namespace pin" in ncluster.slurmd_log()
+        assert ncluster.job_state(job) == "RUNNING"     # the job itself goes on
+    finally:
+        ncluster.cmd(["scancel", job])
+    ncluster.wait_until(lambda: not os.path.lexists(os.path.join(ncluster.runtime, "jobs",
+                                                                 job)), 60,
+                        "the job's namespace to be removed after scancel")
