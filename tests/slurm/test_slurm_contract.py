@@ -295,7 +295,8 @@ HOOK_PLUGIN = r"""
 
 SPANK_PLUGIN(jobns_hook_probe, 1);
 
-static void mark(spank_t sp, const char *hook)
+/* av[0]: a tag for the file names (test runs on one node must not meet) */
+static void mark(spank_t sp, int ac, char **av, const char *hook)
 {
 	uint32_t job = 0, step = 0;
 	char path[256];
@@ -304,16 +305,19 @@ static void mark(spank_t sp, const char *hook)
 	if (!spank_remote(sp) || spank_get_item(sp, S_JOB_ID, &job) != ESPANK_SUCCESS ||
 	    spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS)
 		return;
-	snprintf(path, sizeof(path), "/tmp/jobns-hook-%u-%s-%u", job, hook, step);
+	snprintf(path, sizeof(path), "/tmp/jobns-hook-%s-%u-%s-%u", ac > 0 ? av[0] : "",
+		 job, hook, step);
 	fd = open(path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
 	if (fd >= 0)
 		close(fd);
 }
 
-int slurm_spank_user_init(spank_t sp, int ac, char **av) { mark(sp, "user_init"); return 0; }
+int slurm_spank_user_init(spank_t sp, int ac, char **av)
+{ mark(sp, ac, av, "user_init"); return 0; }
 int slurm_spank_task_post_fork(spank_t sp, int ac, char **av)
-{ mark(sp, "task_post_fork"); return 0; }
-int slurm_spank_task_exit(spank_t sp, int ac, char **av) { mark(sp, "task_exit"); return 0; }
+{ mark(sp, ac, av, "task_post_fork"); return 0; }
+int slurm_spank_task_exit(spank_t sp, int ac, char **av)
+{ mark(sp, ac, av, "task_exit"); return 0; }
 """
 
 
@@ -329,7 +333,7 @@ def hook_plugin(cluster):
     with open(cluster.plugstack) as f:
         plugstack = f.read()
     with open(cluster.plugstack, "a") as f:
-        f.write(f"required {so}\n")
+        f.write(f"required {so} {os.getpid()}\n")
     cluster.restart_slurmd()
     yield cluster
     with open(cluster.plugstack, "w") as f:
@@ -349,14 +353,15 @@ def test_other_spank_plugins_hooks(hook_plugin):
         ls /tmp
         """)
     assert state == "COMPLETED", out
-    inside = {ln for ln in out.split() if ln.startswith(f"jobns-hook-{job}-")}
+    prefix = f"jobns-hook-{os.getpid()}-{job}-"
+    inside = {ln for ln in out.split() if ln.startswith(prefix)}
     on_node = {n for n in os.listdir(cluster.node_path("/tmp"))
-               if n.startswith(f"jobns-hook-{job}-")}
+               if n.startswith(prefix)}
     try:
-        # the srun step (0) and the batch step; the batch step's own task_exit comes after
-        # its `ls`, and the extern step runs no task hooks of the job's tasks
-        step0 = {f"jobns-hook-{job}-{h}-0" for h in HOOKS}
-        batch_step = {f"jobns-hook-{job}-{h}-{BATCH_STEP}" for h in HOOKS[:2]}
+        # the srun step (0) and the batch step (whose own task_exit comes after its `ls`);
+        # the extern step's hooks count only on the node's side
+        step0 = {f"{prefix}{h}-0" for h in HOOKS}
+        batch_step = {f"{prefix}{h}-{BATCH_STEP}" for h in HOOKS[:2]}
         if stepd_in_job(cluster):
             # with contain_spank (as Slurm's test) the extern step's hooks are inside too
             assert step0 | batch_step <= inside, out
