@@ -88,7 +88,11 @@ def _add_delete(sub) -> None:
 def _add_restore(sub) -> None:
     s = sub.add_parser("restore", help="node start: prepare base_path, remove dead jobs")
     s.add_argument("--live", default="", metavar="ID,ID...",
-                   help="jobs still running on this node (all others are removed)")
+                   help="jobs still running on this node (with --all-dead, all others are "
+                        "removed)")
+    s.add_argument("--all-dead", action="store_true",
+                   help="every job not given with --live is dead: remove it even if its "
+                        "namespace is still alive")
 
 
 def _add_fini(sub) -> None:
@@ -134,7 +138,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
                    "job_container.conf or plugstack.conf); default: $JOBNS_CONFIG, then "
                    "namespace.yaml / job_container.conf next to $SLURM_CONF, then built-in")
     p.add_argument("--node", metavar="NAME", help="node name for node-specific config "
-                   "(default: short hostname)")
+                   "(default: $SLURMD_NODENAME, else the NodeName slurm.conf gives this "
+                   "host as slurmd finds it, else the short hostname)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     p.add_argument("--version", action="version", version="jobns 0.1.0")
@@ -160,10 +165,12 @@ class Context:
 
     @property
     def node_name(self) -> str:
+        """--node, else the NodeName slurmd has here (SLURMD_NODENAME, slurm.conf),
+        else the short hostname."""
         if self.node:
             return self.node
-        from jobns.config.model import short_hostname
-        return short_hostname()
+        from jobns.slurm.nodes import node_name
+        return node_name()
 
     def config(self, node: str | None = None):
         from jobns import config
@@ -273,13 +280,36 @@ def cmd_restore(ctx: Context, args) -> int:
     from jobns.restore import restore
     from jobns.job import validate_job_id
     _require_root("restore")
-    live = {validate_job_id(x.strip()) for x in args.live.split(",") if x.strip()}
+    given = {validate_job_id(x.strip()) for x in args.live.split(",") if x.strip()}
     cfg = ctx.config()
     if not cfg.enabled:
         ctx.log("info", f"{cfg.disabled_message}; nothing to restore")
         return EXIT_OK
+    live: set[str] | None
+    if args.all_dead:
+        live = given
+    else:
+        live = _slurm_live(ctx, cfg.node_name)
+        if live is not None:
+            live |= given
+        elif args.live.strip():
+            live = given
     result = restore(cfg, live, log=ctx.log)
     return EXIT_OK if result.ok else EXIT_FAILED
+
+
+def _slurm_live(ctx: Context, node: str) -> set[str] | None:
+    """On a Slurm node (slurm.conf names it), the jobs that still run here, found as
+    `jobns slurm restore` finds them; None elsewhere (nothing tells live from dead)."""
+    from jobns.slurm import nodes
+    conf = nodes.read()
+    if conf is None or conf.host_of(node) is None:
+        return None
+    from jobns.slurm.cli import discover_live
+    spool, live = discover_live(ctx, node)
+    ctx.log("info", f"restore on Slurm node {node}: live jobs (stepd sockets in {spool}, "
+                    f"slurmstepd processes): {','.join(sorted(live, key=int)) or 'none'}")
+    return live
 
 
 def cmd_fini(ctx: Context, args) -> int:
@@ -298,14 +328,14 @@ def cmd_list(ctx: Context, args) -> int:
         _require_root("list --usage")
         from jobns.usage import job_usage
         for j in jobs:
-            j["usage"] = job_usage(cfg.base_path, j["job_id"], j.get("dirs") or [],
+            j["usage"] = job_usage(cfg.jobs_path, j["job_id"], j.get("dirs") or [],
                                    j.get("backing"))
     if args.json:
         import json
         print(json.dumps(jobs, indent=1))
         return EXIT_OK
     if not jobs:
-        print(f"no job namespaces under {cfg.base_path}" if cfg.enabled else
+        print(f"no job namespaces under {cfg.jobs_path}" if cfg.enabled else
               cfg.disabled_message)
         return EXIT_OK
     rows = [("JOB", "USER", "STATE", "CREATED", "DIRS", "NAMESPACES", "CONTAINMENT")]

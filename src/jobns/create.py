@@ -21,6 +21,7 @@ from jobns.nschild import (NamespaceChild, child_error, reap, spawn_namespace_ch
                            warn_init_oom)
 from jobns.plan import Op, Plan, Step, build_plan, step_error
 from jobns.store import (STATE_READY, ensure_base_path, fail_point, index_path, job_lock,
+                         select_node,
                          ns_inode, pin_inode, read_init_pid, read_record, set_index,
                          write_record)
 from jobns.values import suppress
@@ -30,6 +31,7 @@ def create(cfg: NodeConfig, job: Job, *, log=null_log, owner_pid: int | None = N
     """Build the job's namespace. Returns the job record. Raises OperationError."""
     validate_job_id(job.job_id)
     plan = build_plan(cfg, job)
+    select_node(cfg)
     with job_lock(job.job_id):
         return _create_locked(plan, log, owner_pid)
 
@@ -91,7 +93,7 @@ class _Run:
 # One function per op (jobns.plan.Op), reading the step's fields and what the run made.
 
 def _ensure_base(step: Step, run: _Run) -> None:
-    ensure_base_path(step.path, step.mode, run.log)
+    ensure_base_path(step.path, step.mode, run.log, parent=step.source)
 
 
 def _job_dir(step: Step, run: _Run) -> None:

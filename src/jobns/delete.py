@@ -18,12 +18,13 @@ import select
 import time
 from jobns import kernel
 from jobns.config.model import NodeConfig
-from jobns.errors import OperationError
+from jobns.errors import OperationError, UsageError
 from jobns.job import Job, validate_job_id
 from jobns.log import null_log
 from jobns.plan import JobPaths
-from jobns.store import (TRASH, index_path, job_lock, ns_inode, open_base, pin_inode,
-                         read_init_pid, read_record, require_base, runtime_dir)
+from jobns.store import (STATE_TEARDOWN_FAILED, TRASH, ensure_private_dir, index_path,
+                         indexed_job_dir, job_lock, ns_inode, open_base, pin_inode,
+                         read_init_pid, read_record, require_base, runtime_dir, write_record)
 from jobns.values import suppress
 
 # Test-only: seconds to sleep between opening the trash and the rename into it, which
@@ -69,18 +70,31 @@ class DeleteResult:
 
 
 def delete(cfg: NodeConfig, job_id: str, *, log=null_log, on_free=None) -> DeleteResult:
-    """Tear the job's namespace down and remove <base>/<J> completely.
+    """Tear the job's namespace down and remove <base>/<J> completely. The job is found
+    where it was created (the runtime index), whatever base_path the config names now.
 
     `on_free`, if given, is called once the job id is free again: every process of the
     job is gone, its namespace unpinned and its directory moved into the trash. The
     removal of the files follows (what it cannot remove stays in the trash, swept by the
     next delete, create or restore); the result reports it."""
     validate_job_id(job_id)
-    require_base(cfg)
+    jobs = require_base(cfg)
     with job_lock(job_id, remove=True, optional=True, log=log):
-        result = delete_locked(cfg, job_id, log, on_free=on_free)
-    sweep_trash(cfg.base_path, log)
+        base = job_base(cfg, job_id)
+        result = delete_locked(cfg, job_id, log, on_free=on_free, base=base)
+    sweep_trash(jobs, log)
+    if base != jobs:
+        sweep_trash(base, log)
     return result
+
+
+def job_base(cfg: NodeConfig, job_id: str) -> str:
+    """The directory that holds job `job_id`'s dir: where the runtime index says it was
+    created, else this node's job directory root of the current config."""
+    where = indexed_job_dir(job_id)
+    if where and os.path.basename(where) == job_id and os.path.lexists(where):
+        return os.path.dirname(where)
+    return require_base(cfg)
 
 
 def sweep_trash(base: str, log, budget: float = SWEEP_BUDGET) -> None:
@@ -195,16 +209,34 @@ def _detach_mounts_below(job_dir: str, log) -> list[str]:
 
 
 def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True,
-                  on_free=None) -> DeleteResult:
+                  on_free=None, base: str | None = None) -> DeleteResult:
     t0 = time.monotonic()
-    base = require_base(cfg)
+    base = base or require_base(cfg)
     paths = JobPaths.of(base, job_id)
     result = DeleteResult(job_id=job_id, existed=os.path.lexists(paths.job_dir))
-    with suppress(OSError):
-        os.unlink(index_path(job_id))
     if not result.existed:
+        with suppress(OSError):
+            os.unlink(index_path(job_id))
         result.seconds = time.monotonic() - t0
         return result
+    why = not_a_job(base, paths)
+    if why:
+        result.ok = False
+        result.failures.append((paths.job_dir, "check", "EPERM", why))
+        log("error", f"job {job_id}: {paths.job_dir} {why}; left alone")
+        return result
+    owner = (read_record(paths) or {}).get("node")
+    if owner and owner != cfg.node_name:
+        # A base_path shared with another node (a network filesystem without %n): that
+        # node's job is never touched from here.
+        result.ok = False
+        result.failures.append((paths.job_dir, "owner", "EPERM",
+                                f"the job belongs to node {owner}, not {cfg.node_name}"))
+        log("error", f"job {job_id}: {paths.job_dir} belongs to node {owner}; node "
+            f"{cfg.node_name} leaves it alone (give each node its own base_path: %n)")
+        return result
+    with suppress(OSError):
+        os.unlink(index_path(job_id))
     ino = pin_inode(paths.pin)
     record = read_record(paths) or {}
     result.killed += _kill_contained(record, job_id, base, log)
@@ -238,13 +270,102 @@ def delete_locked(cfg: NodeConfig, job_id: str, log, *, run_epilog: bool = True,
             f"{result.dirs} dirs, {unmounted} mounts, {result.killed} processes killed) "
             f"in {result.seconds * 1000:.1f} ms")
     elif where is None:
+        mark_teardown_failed(job_id, base, paths)
         log("error", f"job {job_id}: delete incomplete: {result.summary()} (the job "
-            f"directory is still at {paths.job_dir}; the next delete of job {job_id} or "
-            "restore retries)")
+            f"directory is still at {paths.job_dir}, state {STATE_TEARDOWN_FAILED}; the "
+            "next epilog on this node or restore retries)")
     else:
+        mark_teardown_failed(job_id, base, paths)
         log("error", f"job {job_id}: delete incomplete: {result.summary()} (left in "
-            f"{where}; retried by the next delete or restore)")
+            f"{where}, state {STATE_TEARDOWN_FAILED}; retried by the next delete or "
+            "restore)")
     return result
+
+
+def not_a_job(base: str, paths: JobPaths) -> str | None:
+    """Why `paths.job_dir` must not be torn down as a job, or None. A node's own directory
+    of jobs (<base_path>/<NodeName>, several slurmd's on one host) has a job-like name;
+    it is its own mount and holds job dirs, and is never deleted as a job."""
+    try:
+        fd = os.open(paths.job_dir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None                     # not a directory: removed as it is
+    try:
+        bfd = os.open(base, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if kernel.fstatx(fd).mnt_id != kernel.fstatx(bfd).mnt_id:
+                return "is a mount point, not a job directory"
+        finally:
+            os.close(bfd)
+    finally:
+        os.close(fd)
+    if os.path.isdir(paths.ns_dir):
+        return None
+    try:
+        with os.scandir(paths.job_dir) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False) and \
+                        os.path.isdir(os.path.join(entry.path, ".ns")):
+                    return "holds other jobs' directories (a node's directory of jobs)"
+    except OSError:
+        pass
+    return None
+
+
+def _failed_dir() -> str:
+    return os.path.join(runtime_dir(), "teardown-failed")
+
+
+def mark_teardown_failed(job_id: str, base: str, paths: JobPaths) -> None:
+    """Remember a teardown that did not finish: the job dir still in place gets the state
+    teardown-failed in its record (list shows it), and the runtime dir a note that the
+    next epilog on this node (retry_failed_teardowns) and restore act on."""
+    if os.path.lexists(paths.job_dir):
+        record = read_record(paths)
+        if record is not None:
+            record["state"] = STATE_TEARDOWN_FAILED
+            with suppress(OSError):
+                write_record(paths.record, record)
+    with suppress(OSError, OperationError):
+        ensure_private_dir(runtime_dir())
+        ensure_private_dir(_failed_dir())
+        with open(os.path.join(_failed_dir(), job_id), "w") as f:
+            f.write(base)
+
+
+def retry_failed_teardowns(cfg: NodeConfig, log=null_log) -> bool:
+    """Finish the teardowns that failed earlier on this node (their jobs are over).
+    Costs one directory listing when there are none. True when none is left."""
+    d = _failed_dir()
+    try:
+        names = os.listdir(d)
+    except OSError:
+        return True
+    ok = True
+    for job_id in names:
+        note = os.path.join(d, job_id)
+        try:
+            with open(note) as f:
+                base = f.read()
+            validate_job_id(job_id)
+        except (OSError, UsageError):
+            continue
+        with suppress(OSError):
+            os.unlink(note)     # a failure below writes it again
+        log("info", f"job {job_id}: retrying its teardown ({STATE_TEARDOWN_FAILED})")
+        with job_lock(job_id, remove=True, optional=True, log=log):
+            if not delete_locked(cfg, job_id, log, base=base).ok:
+                ok = False
+        if os.path.isdir(base):
+            trash = purge_trash_at(base, log)
+            if not trash.ok:
+                ok = False
+                mark_teardown_failed(job_id, base, JobPaths.of(base, job_id))
+    return ok
+
+
+
+
 
 
 def _claim(parent_fd: int, name: str, *, wait: bool) -> int | None:

@@ -230,6 +230,7 @@ class Plan(Frozen):
         return {
             "version": RECORD_VERSION, "job_id": job.job_id, "uid": job.uid, "gid": job.gid,
             "user": job.user, "node": cfg.node_name, "base_path": cfg.base_path,
+            "jobs_path": cfg.jobs_path,
             "dirs": list(self.job_dirs()), "backing": self.backing_dirs(),
             "clone_ns_flags": list(self.clone_flags), "shared": cfg.shared,
             "config": cfg.source, "env": dict(job.env), "init_pid": None,
@@ -353,14 +354,17 @@ def _hook_step(name: str, where: str, op: str, hook: str, cfg: NodeConfig, job: 
 def build_plan(cfg: NodeConfig, job: Job) -> Plan:
     if cfg.base_path is None:
         raise ValueError(cfg.disabled_message)
-    paths = JobPaths.of(cfg.base_path, job.job_id)
+    paths = JobPaths.of(cfg.jobs_path, job.job_id)
     flags = tuple(cfg.clone_ns_flags)
     steps: list[Step] = []
     add = steps.append
     owner = (job.uid, -1)
 
-    add(Step("ensure-base", HOST, Op.ENSURE_BASE, cfg.base_path,
-             mode=0o755 if cfg.auto_base_path else None))
+    # the node's own directory below base_path (several slurmd's on the host) is always
+    # made; base_path itself (then `source`, which must exist) only with auto_base_path
+    add(Step("ensure-base", HOST, Op.ENSURE_BASE, cfg.jobs_path,
+             mode=0o755 if cfg.auto_base_path or cfg.node_dir else None,
+             source=cfg.base_path if cfg.node_dir and not cfg.auto_base_path else None))
     add(Step("mkdir-job", HOST, Op.JOB_DIR, paths.job_dir, mode=0o700))
     add(Step("mkdir-ns", HOST, Op.MKDIR, paths.ns_dir, mode=0o700))
     add(Step("pin-file", HOST, Op.PIN_FILE, paths.pin, mode=0o400))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 from jobns.config.model import NodeConfig
-from jobns.delete import delete_locked, purge_trash
+from jobns.delete import delete_locked, not_a_job, purge_trash_at, retry_failed_teardowns
 from jobns.errors import UsageError
 from jobns.job import validate_job_id
 from jobns.log import null_log
 from jobns.plan import JobPaths
-from jobns.store import (TRASH, ensure_base, job_lock, lock_held, owner_alive, pin_inode,
-                         prune_index, read_init_pid, read_record, require_base)
+from jobns.store import (STATE_TEARDOWN_FAILED, TRASH, ensure_base, job_lock, known_bases,
+                         lock_held, owner_alive, pin_inode, prune_index, read_init_pid,
+                         read_record, require_base)
 
 
 class RestoreResult:
@@ -25,14 +26,38 @@ class RestoreResult:
         return not self.failed
 
 
-def restore(cfg: NodeConfig, live: set[str] | frozenset[str] = frozenset(), *,
+def restore(cfg: NodeConfig, live: set[str] | frozenset[str] | None = frozenset(), *,
             log=null_log) -> RestoreResult:
-    """Node start: make base_path usable and remove every job that is not live.
+    """Node start: make base_path usable and remove every job that is positively dead.
 
     A job is live if its id is in `live`, or if it was created by a standalone
-    `jobns run` whose process is still running."""
+    `jobns run` whose process is still running. With `live` None (nothing tells live
+    jobs from dead ones), only jobs whose namespace is gone are removed; the others are
+    kept and reported. Jobs in every base this node used since boot are looked at (a
+    base_path changed while jobs ran), each only by the node that created it."""
     base = ensure_base(cfg, log, thorough=True)
     result = RestoreResult(base=base)
+    bases = [base]
+    for other in known_bases():
+        if other not in bases and os.path.isdir(other):
+            bases.append(other)
+    unsure: list[str] = []
+    for b in bases:
+        _restore_base(cfg, b, live, result, unsure, log)
+    if not retry_failed_teardowns(cfg, log):
+        result.failed.append("teardown-failed")
+    prune_index()
+    if unsure:
+        log("warning", f"restore: kept {len(unsure)} jobs whose namespace is still alive "
+            f"({', '.join(unsure[:10])}): nothing tells whether they still run; pass the "
+            "live jobs (--live) or --all-dead")
+    log("info", f"restore: base_path {' '.join(bases)}: kept {len(result.kept)} live jobs, "
+        f"removed {len(result.removed)}, failed {len(result.failed)}")
+    return result
+
+
+def _restore_base(cfg: NodeConfig, base: str, live, result: RestoreResult,
+                  unsure: list[str], log) -> None:
     for entry in sorted(os.scandir(base), key=lambda e: e.name):
         name = entry.name
         if name.startswith("."):
@@ -42,25 +67,34 @@ def restore(cfg: NodeConfig, live: set[str] | frozenset[str] = frozenset(), *,
         except UsageError:
             log("debug", f"restore: ignoring {entry.path}: not a job id")
             continue
-        if name in live:
+        if live is not None and name in live:
             result.kept.append(name)
             continue
+        paths = JobPaths.of(base, name)
+        why = not_a_job(base, paths)
+        if why:
+            log("debug", f"restore: ignoring {paths.job_dir}: {why}")
+            continue
         with job_lock(name, optional=True, log=log):
-            record = read_record(JobPaths.of(base, name))
+            record = read_record(paths)
             if owner_alive(record):
                 result.kept.append(name)
                 continue
-            outcome = delete_locked(cfg, name, log)
+            owner = (record or {}).get("node")
+            if owner and owner != cfg.node_name:
+                log("debug", f"restore: {paths.job_dir} belongs to node {owner}; left alone")
+                continue
+            if live is None and pin_inode(paths.pin) is not None:
+                result.kept.append(name)
+                unsure.append(name)
+                continue
+            outcome = delete_locked(cfg, name, log, base=base)
         (result.removed if outcome.ok else result.failed).append(name)
     from jobns import cgroup
     cgroup.prune(base, {e.name for e in os.scandir(base) if not e.name.startswith(".")}, log)
-    trash = purge_trash(cfg, log)
+    trash = purge_trash_at(base, log)
     if not trash.ok:
-        result.failed.append(TRASH)
-    prune_index()
-    log("info", f"restore: base_path {base}: kept {len(result.kept)} live jobs, removed "
-        f"{len(result.removed)}, failed {len(result.failed)}")
-    return result
+        result.failed.append(os.path.join(base, TRASH))
 
 
 def list_jobs(cfg: NodeConfig) -> list[dict]:
@@ -78,7 +112,9 @@ def list_jobs(cfg: NodeConfig) -> list[dict]:
         record = read_record(paths) or {}
         ino = pin_inode(paths.pin)
         init = read_init_pid(paths, ino) if ino else None
-        if ino is None:
+        if record.get("state") == STATE_TEARDOWN_FAILED:
+            state = STATE_TEARDOWN_FAILED
+        elif ino is None:
             # no namespace: being created or deleted right now (its lock is held), or lost
             state = "busy" if lock_held(entry.name) else "lost"
         elif record.get("init_pid") and not init:
@@ -92,4 +128,21 @@ def list_jobs(cfg: NodeConfig) -> list[dict]:
             "init_pid": init, "path": paths.job_dir, "backing": record.get("backing") or {},
             "containment": record.get("containment") or "scan", "cgroup": record.get("cgroup"),
         })
+    out.extend(_trash_rows(base))
     return out
+
+
+def _trash_rows(base: str) -> list[dict]:
+    """What failed deletes left in the trash: one teardown-failed row per job."""
+    trash = os.path.join(base, TRASH)
+    try:
+        names = sorted(os.listdir(trash))
+    except OSError:
+        return []
+    rows = []
+    for name in names:
+        job_id = name.rsplit(".", 1)[0]
+        rows.append({"job_id": job_id, "user": None, "uid": None, "created": None,
+                     "dirs": None, "clone_ns_flags": None, "state": STATE_TEARDOWN_FAILED,
+                     "init_pid": None, "path": os.path.join(trash, name), "backing": {}})
+    return rows

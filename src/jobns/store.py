@@ -17,7 +17,8 @@ import fcntl
 import os
 from jobns import kernel
 from jobns._lazy import lazy
-from jobns.config.model import NodeConfig, runtime_dir
+from jobns.config.model import NodeConfig
+from jobns.config.model import runtime_dir as root_runtime_dir
 from jobns.errors import OperationError, UsageError
 from jobns.log import null_log
 from jobns.plan import JobPaths
@@ -31,6 +32,26 @@ TRASH = ".jobns-trash"
 FAIL_ENV = "JOBNS_TEST_FAIL_STEP"       # failure injection, used by the test suite
 
 STATE_READY = "ready"
+STATE_TEARDOWN_FAILED = "teardown-failed"
+
+# Several slurmd's on one host: the runtime dir of the node this process works for is
+# <runtime>/nodes/<NodeName> (set by select_node, from the node's config).
+_node: str | None = None
+
+
+def runtime_dir() -> str:
+    """This process's runtime dir: the node's own below the root one when several
+    slurmd's share this host (see select_node)."""
+    root = root_runtime_dir()
+    return root if _node is None else os.path.join(root, "nodes", _node)
+
+
+def select_node(cfg: NodeConfig) -> None:
+    """Work in `cfg`'s node's own runtime dir when several slurmd's share this host
+    (cfg.node_dir): their job ids are the same for a multi-node job, their index and
+    locks must not be."""
+    global _node
+    _node = cfg.node_name if cfg.node_dir else None
 
 
 def ensure_private_dir(path: str) -> None:
@@ -51,9 +72,12 @@ def fail_point(step: str) -> None:
 
 
 def require_base(cfg: NodeConfig) -> str:
+    """The directory that holds this node's job dirs (base_path, or <base_path>/<node>
+    when several slurmd's share the host); selects the node's runtime dir."""
     if cfg.base_path is None:
         raise UsageError(cfg.disabled_message)
-    return cfg.base_path
+    select_node(cfg)
+    return cfg.jobs_path
 
 
 # errnos that say the runtime dir cannot take a new file (not that something is wrong)
@@ -290,17 +314,23 @@ def ensure_base(cfg: NodeConfig, log=null_log, *, thorough: bool = False) -> str
     Reading the mount table costs ~1 ms per thousand mounts (one per live job), so once
     base_path was found (or made) a private mount, its mount id is remembered in the
     runtime dir and later calls only compare it; `thorough` always reads the table."""
-    return ensure_base_path(require_base(cfg), 0o755 if cfg.auto_base_path else None, log,
-                            thorough=thorough)
+    jobs = require_base(cfg)
+    return ensure_base_path(jobs, 0o755 if cfg.auto_base_path or cfg.node_dir else None, log,
+                            thorough=thorough,
+                            parent=cfg.base_path if cfg.node_dir and not cfg.auto_base_path
+                            else None)
 
 
 def ensure_base_path(base: str, create_mode: int | None, log=null_log, *,
-                     thorough: bool = False) -> str:
+                     thorough: bool = False, parent: str | None = None) -> str:
     """ensure_base for a base_path that is created with `create_mode` when missing (None:
-    it must exist). Returns the real path."""
+    it must exist; `parent`, if given, must exist). Returns the real path."""
     if not os.path.isabs(base):
         raise OperationError("ensure-base", "base_path must be absolute", path=base)
     if not os.path.isdir(base):
+        if parent is not None and not os.path.isdir(parent):
+            raise OperationError("ensure-base", "does not exist (create it, or set "
+                                 "auto_base_path: true)", path=parent, errno=errno.ENOENT)
         if create_mode is None:
             raise OperationError("ensure-base", "does not exist (create it, or set "
                                  "auto_base_path: true)", path=base, errno=errno.ENOENT)
@@ -331,7 +361,9 @@ def ensure_base_path(base: str, create_mode: int | None, log=null_log, *,
     top = mounts[-1] if mounts else None
     try:
         if top is None:
-            kernel.mount(real, real, None, kernel.MS_BIND)
+            # recursive: mounts already below (e.g. the node directories of several
+            # slurmd's) stay visible through the new mount
+            kernel.mount(real, real, None, kernel.MS_BIND | kernel.MS_REC)
             kernel.mount(None, real, None, kernel.MS_PRIVATE)
             log("info", f"made base_path {real} its own private mount")
         elif top.propagation:
@@ -349,7 +381,49 @@ def ensure_base_path(base: str, create_mode: int | None, log=null_log, *,
             os.rename(marker + ".tmp", marker)
         except (OSError, OperationError):
             pass   # only a shortcut for the next call
+    remember_base(real)
     return real
+
+
+def remember_base(real: str) -> None:
+    """Note that this node keeps jobs in `real`: restore finishes the jobs of every base
+    it used (since boot), even after base_path changed in the config."""
+    path = os.path.join(runtime_dir(), "bases", real.replace("/", "_") + ".path")
+    if os.path.exists(path):
+        return
+    try:
+        ensure_private_dir(runtime_dir())
+        ensure_private_dir(os.path.dirname(path))
+        with open(path + ".tmp", "w") as f:
+            f.write(real)
+        os.rename(path + ".tmp", path)
+    except (OSError, OperationError):
+        pass
+
+
+def known_bases() -> list[str]:
+    """Every job directory root this node used since boot (see remember_base)."""
+    out = []
+    d = os.path.join(runtime_dir(), "bases")
+    try:
+        names = sorted(os.listdir(d))
+    except OSError:
+        return out
+    for name in names:
+        if name.endswith(".path"):
+            with suppress(OSError):
+                with open(os.path.join(d, name)) as f:
+                    out.append(f.read())
+    return out
+
+
+def indexed_job_dir(job_id: str) -> str | None:
+    """The job dir the runtime index names for `job_id` (where it was created), if any."""
+    try:
+        target = os.readlink(index_path(job_id))
+    except OSError:
+        return None
+    return target if os.path.isabs(target) else None
 
 
 def set_index(job_id: str, job_dir: str) -> None:

@@ -53,6 +53,8 @@ class Env:
         env = dict(os.environ)
         env["JOBNS_RUNTIME_DIR"] = self.runtime
         env["JOBNS_CONFIG"] = self.config_file
+        # the CLI works for the same node as cfg() (jobns never touches another node's job)
+        env["SLURMD_NODENAME"] = "testnode"
         env.update(extra)
         return env
 

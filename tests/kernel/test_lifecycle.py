@@ -230,8 +230,12 @@ def test_restore_removes_dead_jobs_keeps_live(node):
     assert names == ["2", "3", "not-a-job!"]
     assert "kept 2 live jobs, removed 2" in r.stderr
     assert run_in(node, "2", "true").returncode == 0
-    # restore with nothing live removes the rest
-    assert node.cli("restore").returncode == 0
+    # with nothing to tell live jobs from dead ones, restore keeps those whose namespace
+    # is alive and says how to decide; --all-dead removes them
+    r = node.cli("restore")
+    assert sorted(os.listdir(node.base)) == ["2", "3", "not-a-job!"]
+    assert "--all-dead" in r.stderr, r.stderr
+    assert node.cli("restore", "--all-dead").returncode == 0
     assert sorted(os.listdir(node.base)) == ["not-a-job!"]
 
 

@@ -83,17 +83,15 @@ def slurm(request):
 def cluster(slurm):
     """The session cluster, idle, with the default namespace.yaml, before and after."""
     slurm.set_namespace_config()
-    if slurm.pid_of("slurmd") is None:
-        slurm.start_slurmd()
-    if slurm.node_state().startswith(("drain", "down")):
+    slurm.ensure_slurmds()
+    if slurm.unhealthy():
         slurm.resume()
     slurm.wait_idle()
     yield slurm
     slurm.set_namespace_config()
-    if slurm.pid_of("slurmd") is None:
-        slurm.start_slurmd()
+    slurm.ensure_slurmds()
     jobs = slurm.cmd(["squeue", "-h", "-o", "%i"]).stdout.split()
     if jobs:
         slurm.cmd(["scancel", *jobs])
-    if slurm.node_state().startswith(("drain", "down")):
+    if slurm.unhealthy():
         slurm.resume()

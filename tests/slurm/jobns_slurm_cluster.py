@@ -1,4 +1,4 @@
-"""A real single-node Slurm (Debian's slurmctld/slurmd/munge) on localhost, for the tests.
+"""A real Slurm (Debian's slurmctld/slurmd/munge) on localhost, for the tests.
 
 Everything lives under one root directory (default /var/tmp/jobns-slurm-test): config,
 munge key and socket, state, spool, logs, the SPANK plugin, jobns' base_path and runtime
@@ -209,14 +209,19 @@ class Cluster:
         self.plugin = f"{self.lib}/jobns_spank.so"
         self.pidfiles = {"munged": f"{self.munge_dir}/munged.pid",
                          "slurmctld": f"{self.run_dir}/slurmctld.pid",
-                         "slurmd": f"{self.run_dir}/slurmd.pid"}
+                         "slurmd": f"{self.run_dir}/slurmd-%n.pid"}
         # Debian installs some of them as alternatives symlinks (slurmctld -> slurmctld-wlm)
         self.exes = {n: os.path.realpath(p) for n, p in
                      (("munged", MUNGED), ("slurmctld", SLURMCTLD), ("slurmd", SLURMD),
                       ("slurmstepd", SLURMSTEPD))}
-        self.node = socket.gethostname().split(".", 1)[0]
+        # Three slurmd's share this host, as Debian's multiple-slurmd build allows: n1 (the
+        # default partition's node, started without -N as Debian's slurmd.service does, so
+        # it must find its NodeName, which is not the hostname, in slurm.conf), n2 and n3.
+        self.host = socket.gethostname().split(".", 1)[0]
+        self.nodes = ("n1", "n2", "n3")
+        self.node = self.nodes[0]
         self.ctld_port = 0
-        self.slurmd_port = 0
+        self.slurmd_ports: dict[str, int] = {}
         self.loopback = True
         self.users: dict[str, pwd.struct_passwd] = {}
         self.env = dict(os.environ, SLURM_CONF=self.conf)
@@ -287,13 +292,23 @@ class Cluster:
     def _pick_ports(self) -> None:
         # start where this root's hash points, so that clusters of different roots
         # starting at the same moment on one machine do not race for the same pair
+        n = 1 + len(self.nodes)     # slurmctld and one port per slurmd
         start = zlib.crc32(self.root.encode()) % 50
         for i in range(50):
-            ctld = 16817 + 2 * ((start + i) % 50)
-            if _port_free(ctld) and _port_free(ctld + 1):
-                self.ctld_port, self.slurmd_port = ctld, ctld + 1
+            ctld = 16817 + n * ((start + i) % 50)
+            if all(_port_free(p) for p in range(ctld, ctld + n)):
+                self.ctld_port = ctld
+                self.slurmd_ports = {node: ctld + 1 + k for k, node in enumerate(self.nodes)}
                 return
-        raise RuntimeError("no free pair of TCP ports in 16817-16917 on 127.0.0.1")
+        raise RuntimeError(f"no {n} free TCP ports in a row in 16817-{16817 + 50 * n} "
+                           "on 127.0.0.1")
+
+    def node_runtime(self, node: str | None = None) -> str:
+        """jobns' runtime dir of `node` (several slurmd's share this host)."""
+        return f"{self.runtime}/nodes/{node or self.node}"
+
+    def spool_of(self, node: str | None = None) -> str:
+        return f"{self.spool}/{node or self.node}"
 
     def write_slurm_conf(self, extra: tuple[str, ...] = ()) -> None:
         hw = self._hardware()
@@ -309,7 +324,7 @@ class Cluster:
             "MailProg=/bin/true",
             "SlurmctldHost=localhost",
             f"SlurmctldPort={self.ctld_port}",
-            f"SlurmdPort={self.slurmd_port}",
+            f"SlurmdPort={self.slurmd_ports[self.node]}",
             "SlurmUser=root",
             "SlurmdUser=root",
             "AuthType=auth/munge",
@@ -317,11 +332,11 @@ class Cluster:
             "CredType=cred/munge",
             *(["CommunicationParameters=NoInAddrAny,NoCtldInAddrAny"] if self.loopback else []),
             f"StateSaveLocation={self.state}",
-            f"SlurmdSpoolDir={self.spool}",
+            f"SlurmdSpoolDir={self.spool}/%n",
             f"SlurmctldPidFile={self.pidfiles['slurmctld']}",
             f"SlurmdPidFile={self.pidfiles['slurmd']}",
             f"SlurmctldLogFile={self.log_dir}/slurmctld.log",
-            f"SlurmdLogFile={self.log_dir}/slurmd.log",
+            f"SlurmdLogFile={self.log_dir}/slurmd-%n.log",
             "SlurmctldDebug=info",
             "SlurmdDebug=info",
             "ProctrackType=proctrack/linuxproc",
@@ -344,11 +359,14 @@ class Cluster:
             "PrologEpilogTimeout=120",
             "PrologFlags=Contain",
             f"PlugStackConfig={self.plugstack}",
-            f"NodeName={self.node} NodeHostname={self.node} NodeAddr=127.0.0.1 "
-            f"CPUs={hw.get('CPUs', '1')} Boards=1 SocketsPerBoard={hw.get('SocketsPerBoard', '1')} "
-            f"CoresPerSocket={hw.get('CoresPerSocket', '1')} "
-            f"ThreadsPerCore={hw.get('ThreadsPerCore', '1')} RealMemory={mem} State=UNKNOWN",
+            *(f"NodeName={node} NodeHostname={self.host} NodeAddr=127.0.0.1 "
+              f"Port={self.slurmd_ports[node]} "
+              f"CPUs={hw.get('CPUs', '1')} Boards=1 SocketsPerBoard={hw.get('SocketsPerBoard', '1')} "
+              f"CoresPerSocket={hw.get('CoresPerSocket', '1')} "
+              f"ThreadsPerCore={hw.get('ThreadsPerCore', '1')} RealMemory={mem} State=UNKNOWN"
+              for node in self.nodes),
             f"PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP",
+            f"PartitionName=multi Nodes={','.join(self.nodes)} MaxTime=INFINITE State=UP",
             *extra,
         ]
         with open(self.conf, "w") as f:
@@ -404,10 +422,11 @@ class Cluster:
         """Make the node ready for start() (users, jobns); nothing to do on the host."""
 
     # ------------------------------------------------------------- processes
-    def pid_of(self, name: str) -> int | None:
-        """The pid in `name`'s pid file, if that process is ours and alive."""
+    def pid_of(self, name: str, node: str | None = None) -> int | None:
+        """The pid in `name`'s pid file (slurmd: of `node`, default n1), if that process is
+        ours and alive."""
         try:
-            with open(self.pidfiles[name]) as f:
+            with open(self.pidfiles[name].replace("%n", node or self.node)) as f:
                 pid = int(f.read().strip() or 0)
         except (OSError, ValueError):
             return None
@@ -436,26 +455,31 @@ class Cluster:
         if r.returncode != 0:
             raise RuntimeError(f"{argv} exited {r.returncode}; see {self.log_dir}")
 
-    def _wait_pid(self, name: str, timeout: float = 15) -> int:
+    def _wait_pid(self, name: str, timeout: float = 15, node: str | None = None) -> int:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            pid = self.pid_of(name)
+            pid = self.pid_of(name, node)
             if pid:
                 return pid
             time.sleep(0.05)
         raise RuntimeError(f"{name} did not start; last log lines:\n{self.log_tail(name)}")
 
     def log_tail(self, name: str = "slurmd", lines: int = 30) -> str:
-        path = {"munged": f"{self.munge_dir}/munged.log"}.get(name, f"{self.log_dir}/{name}.log")
+        path = {"munged": f"{self.munge_dir}/munged.log",
+                "slurmd": f"{self.log_dir}/slurmd-{self.node}.log"}.get(
+                    name, f"{self.log_dir}/{name}.log")
         try:
             with open(path, errors="replace") as f:
                 return "".join(f.readlines()[-lines:])
         except OSError as e:
             return f"({path}: {e.strerror})"
 
-    def slurmd_log(self) -> str:
-        with open(f"{self.log_dir}/slurmd.log", errors="replace") as f:
-            return f.read()
+    def slurmd_log(self, node: str | None = None) -> str:
+        try:
+            with open(f"{self.log_dir}/slurmd-{node or self.node}.log", errors="replace") as f:
+                return f.read()
+        except FileNotFoundError:
+            return ""
 
     def start_munged(self) -> None:
         os.makedirs(self.munge_dir, exist_ok=True)
@@ -483,70 +507,85 @@ class Cluster:
             time.sleep(0.2)
         raise RuntimeError("slurmctld does not answer:\n" + self.log_tail("slurmctld"))
 
-    def start_slurmd(self, wait: bool = True) -> int:
-        self._spawn([SLURMD, "-f", self.conf, "-N", self.node])
-        pid = self._wait_pid("slurmd")
+    def start_slurmd(self, wait: bool = True, node: str | None = None) -> int:
+        """Start `node`'s slurmd. n1 is started as Debian's slurmd.service starts it,
+        without -N: it must find its NodeName in slurm.conf."""
+        node = node or self.node
+        self._spawn([SLURMD, "-f", self.conf, *([] if node == self.nodes[0] else ["-N", node])])
+        pid = self._wait_pid("slurmd", node=node)
         if wait:
-            self.wait_node_responding()
+            self.wait_node_responding(node=node)
         return pid
 
-    def stop_slurmd(self) -> None:
-        pid = self.pid_of("slurmd")
+    def stop_slurmd(self, node: str | None = None) -> None:
+        pid = self.pid_of("slurmd", node)
         if pid:
             os.kill(pid, signal.SIGTERM)
             if not _wait_gone(pid, 30):
                 os.kill(pid, signal.SIGKILL)
                 _wait_gone(pid, 5)
 
-    def kill_slurmd(self) -> None:
-        pid = self.pid_of("slurmd")
+    def kill_slurmd(self, node: str | None = None) -> None:
+        pid = self.pid_of("slurmd", node)
         assert pid, "slurmd is not running"
         os.kill(pid, signal.SIGKILL)
         assert _wait_gone(pid, 5)
 
-    def restart_slurmd(self) -> None:
-        self.stop_slurmd()
-        self.start_slurmd()
+    def restart_slurmd(self, node: str | None = None) -> None:
+        self.stop_slurmd(node)
+        self.start_slurmd(node=node)
 
-    def node_state(self) -> str:
-        r = self.cmd(["sinfo", "-h", "-N", "-n", self.node, "-o", "%T"], timeout=10)
+    def node_state(self, node: str | None = None) -> str:
+        r = self.cmd(["sinfo", "-h", "-N", "-n", node or self.node, "-o", "%T"], timeout=10)
         return r.stdout.strip()
 
-    def wait_node_responding(self, timeout: float = 60) -> None:
+    def wait_node_responding(self, timeout: float = 60, node: str | None = None) -> None:
+        node = node or self.node
         end = time.monotonic() + timeout
         while time.monotonic() < end:
-            r = self.cmd(["scontrol", "show", "slurmd"], timeout=10)
-            st = self.node_state()
-            if r.returncode == 0 and st and not st.endswith("*") and \
-                    not st.startswith(("down", "unknown")):
+            st = self.node_state(node)
+            if st and not st.endswith("*") and not st.startswith(("down", "unknown")):
                 return
             time.sleep(0.1)
-        raise RuntimeError(f"node {self.node} not responding (state {self.node_state()!r}):\n"
-                           + self.log_tail("slurmd"))
+        raise RuntimeError(f"node {node} not responding (state {self.node_state(node)!r}):\n"
+                           + self.log_tail(f"slurmd-{node}"))
 
     def wait_idle(self, timeout: float = 60) -> None:
-        """No jobs in the queue and the node idle."""
+        """No jobs in the queue and every node idle."""
         end = time.monotonic() + timeout
         st = ""
         while time.monotonic() < end:
-            st = self.node_state()
-            if st == "idle" and not self.cmd(["squeue", "-h", "-o", "%i"]).stdout.strip():
+            st = self.cmd(["sinfo", "-h", "-N", "-o", "%N %T"], timeout=10).stdout
+            states = {ln.split()[0]: ln.split()[1] for ln in st.splitlines() if ln.split()}
+            if set(states) >= set(self.nodes) and \
+                    all(states[n] == "idle" for n in self.nodes) and \
+                    not self.cmd(["squeue", "-h", "-o", "%i"]).stdout.strip():
                 return
             time.sleep(0.1)
         raise RuntimeError(f"node not idle after {timeout}s: {st!r}; queue: "
                            f"{self.cmd(['squeue', '-h', '-o', '%i %T %R']).stdout}")
 
     def resume(self) -> None:
-        self.cmd(["scontrol", "update", f"nodename={self.node}", "state=resume"])
+        for node in self.nodes:
+            if self.node_state(node).startswith(("drain", "down")):
+                self.cmd(["scontrol", "update", f"nodename={node}", "state=resume"])
         self.wait_idle()
+
+    def unhealthy(self) -> bool:
+        return any(self.node_state(n).startswith(("drain", "down")) for n in self.nodes)
+
+    def ensure_slurmds(self) -> None:
+        for node in self.nodes:
+            if self.pid_of("slurmd", node) is None:
+                self.start_slurmd(node=node)
 
     def start(self) -> None:
         self.stop()
-        for d in (self.root, self.etc, self.run_dir, self.log_dir, self.lib, self.scripts):
+        for d in (self.root, self.etc, self.run_dir, self.log_dir, self.lib, self.scripts,
+                  self.spool):     # slurmd makes its own spool/<node> below
             os.makedirs(d, mode=0o755, exist_ok=True)
             os.chmod(d, 0o755)
-        for d in (self.state, self.spool):
-            os.makedirs(d, mode=0o700, exist_ok=True)
+        os.makedirs(self.state, mode=0o700, exist_ok=True)
         self.users = ensure_users()
         self.prepare_node()
         self.version = self.slurm_version()
@@ -556,10 +595,10 @@ class Cluster:
         self.build_plugin()
         self.start_munged()
         self.start_slurmctld()
-        self.start_slurmd()
+        for node in self.nodes:
+            self.start_slurmd(node=node)
         self.started = True
-        if self.node_state() != "idle":
-            self.resume()
+        self.resume()
 
     def use_prolog_scripts(self, on: bool) -> None:
         """Create/delete namespaces from slurm.conf's Prolog=/Epilog= (plugin prolog=no)
@@ -575,7 +614,8 @@ class Cluster:
         self.write_slurm_conf(extra)
         self.build_plugin(*(["--no-prolog"] if on else []))
         self.cmd(["scontrol", "reconfigure"])
-        self.restart_slurmd()
+        for node in self.nodes:
+            self.restart_slurmd(node)
         self.wait_idle()
 
     # ------------------------------------------------------------- teardown
@@ -583,7 +623,8 @@ class Cluster:
         """Stop exactly what we started and remove every mount below the root.
         Returns warnings (empty when everything went away)."""
         warnings = []
-        ctld, slurmd, munged = (self.pid_of(n) for n in ("slurmctld", "slurmd", "munged"))
+        ctld, munged = self.pid_of("slurmctld"), self.pid_of("munged")
+        slurmds = [self.pid_of("slurmd", node) for node in self.nodes]
         if ctld and munged and os.path.exists(self.conf):
             jobs = self.cmd(["squeue", "-h", "-o", "%i"], timeout=10).stdout.split()
             if jobs:
@@ -592,7 +633,7 @@ class Cluster:
                 while time.monotonic() < end and \
                         self.cmd(["squeue", "-h", "-o", "%i"], timeout=10).stdout.strip():
                     time.sleep(0.2)
-        for name, pid in (("slurmd", slurmd), ("slurmctld", ctld)):
+        for pid in (*slurmds, ctld):
             if pid:
                 os.kill(pid, signal.SIGTERM)
                 if not _wait_gone(pid, 30):
@@ -613,12 +654,15 @@ class Cluster:
             if r.returncode != 0:
                 warnings.append(f"jobns slurm service --stop: {r.stderr.strip()}")
         # Namespaces of jobs that are gone: the same code path as a node start.
-        if os.path.isdir(self.base) and os.path.exists(self.ns_yaml):
-            r = self.run([self.jobns, "--config", self.ns_yaml, "--node", self.node,
-                          "slurm", "restore", "--spool-dir", self.spool],
+        for node in self.nodes:
+            if not (os.path.isdir(self.base) and os.path.exists(self.ns_yaml)):
+                break
+            r = self.run([self.jobns, "--config", self.ns_yaml, "--node", node,
+                          "slurm", "restore"],
                          env=dict(self.env, JOBNS_RUNTIME_DIR=self.runtime))
             if r.returncode != 0:
-                warnings.append(f"jobns slurm restore at teardown: {r.stderr.strip()}")
+                warnings.append(f"jobns slurm restore of {node} at teardown: "
+                                f"{r.stderr.strip()}")
         if munged:
             os.kill(munged, signal.SIGTERM)
             if not _wait_gone(munged, 10):
@@ -678,19 +722,22 @@ class Cluster:
             time.sleep(0.1)
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
-    def job_dir(self, job: str) -> str:
-        return os.path.join(self.effective_base(), job)
+    def job_dir(self, job: str, node: str | None = None) -> str:
+        return os.path.join(self.effective_base(node), job)
 
-    def effective_base(self) -> str:
-        r = self.run([self.jobns, "--config", self.ns_yaml, "--node", self.node,
+    def effective_base(self, node: str | None = None) -> str:
+        """Where `node`'s job dirs are: base_path, plus /<NodeName> as several slurmd's
+        share this host."""
+        r = self.run([self.jobns, "--config", self.ns_yaml, "--node", node or self.node,
                       "config", "show", "--json"], env=self.env)
         if r.returncode != 0:
             raise RuntimeError(f"jobns config show failed: {r.stderr}")
-        return json.loads(r.stdout)["base_path"]
+        shown = json.loads(r.stdout)
+        return shown.get("jobs_path") or shown["base_path"]
 
-    def jobns_cmd(self, *args: str) -> subprocess.CompletedProcess:
-        return self.run([self.jobns, "--config", self.ns_yaml, "--node", self.node, *args],
-                        env=dict(self.env, JOBNS_RUNTIME_DIR=self.runtime))
+    def jobns_cmd(self, *args: str, node: str | None = None) -> subprocess.CompletedProcess:
+        return self.run([self.jobns, "--config", self.ns_yaml, "--node", node or self.node,
+                         *args], env=dict(self.env, JOBNS_RUNTIME_DIR=self.runtime))
 
 
 def default_jobns() -> str:

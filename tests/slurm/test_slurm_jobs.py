@@ -104,7 +104,7 @@ def test_steps_share_jobs_do_not(cluster):
     for job in [a] + ([b] if b else []):
         cluster.wait_until(lambda: not os.path.lexists(os.path.join(base, job)), timeout=60,
                            what=f"{base}/{job} to be removed after the job ended")
-        assert not os.path.lexists(os.path.join(cluster.runtime, "jobs", job))
+        assert not os.path.lexists(os.path.join(cluster.node_runtime(), "jobs", job))
     assert _mounts_below(cluster, base) == []
 
 
@@ -137,14 +137,14 @@ def test_failing_init_script_fails_the_job_and_leaves_nothing(cluster):
         f.write('#!/bin/sh\necho "site check refuses job $SLURM_JOB_ID" >&2\nexit 3\n')
     os.chmod(script, 0o755)
     before = set(os.listdir(base)) if os.path.isdir(base) else set()
-    log_size = os.path.getsize(os.path.join(cluster.log_dir, "slurmd.log"))
+    log_size = os.path.getsize(os.path.join(cluster.log_dir, f"slurmd-{cluster.node}.log"))
     cluster.set_namespace_config(init_script=script)
 
     r = cluster.srun(ALICE, ["true"], timeout=60)
     assert r.returncode != 0
     assert "Prolog failure" in r.stderr or "prolog" in r.stderr.lower(), r.stderr
 
-    with open(os.path.join(cluster.log_dir, "slurmd.log"), errors="replace") as f:
+    with open(os.path.join(cluster.log_dir, f"slurmd-{cluster.node}.log"), errors="replace") as f:
         f.seek(log_size)
         new_log = f.read()
     assert "site check refuses job" in new_log, new_log
@@ -164,7 +164,7 @@ def test_prolog_epilog_scripts_instead_of_spank_prolog(cluster):
     try:
         with open(cluster.plugstack) as f:
             assert "prolog=no" in f.read()
-        log_size = os.path.getsize(os.path.join(cluster.log_dir, "slurmd.log"))
+        log_size = os.path.getsize(os.path.join(cluster.log_dir, f"slurmd-{cluster.node}.log"))
         job = cluster.sbatch(ALICE, "echo via-scripts > /tmp/x\nsleep 120\n")
         cluster.wait_running(job)
         backing = os.path.join(base, job, f".{job}", "_tmp", "x")
@@ -175,7 +175,7 @@ def test_prolog_epilog_scripts_instead_of_spank_prolog(cluster):
         cluster.cmd(["scancel", job])
         cluster.wait_until(lambda: not os.path.lexists(os.path.join(base, job)), timeout=60,
                            what="Epilog= to remove the job's directory")
-        with open(os.path.join(cluster.log_dir, "slurmd.log"), errors="replace") as f:
+        with open(os.path.join(cluster.log_dir, f"slurmd-{cluster.node}.log"), errors="replace") as f:
             f.seek(log_size)
             new_log = f.read()
         # the SPANK job_prolog did not run jobns (it would log "created namespace")
@@ -192,14 +192,14 @@ def test_disabled_node_runs_jobs_without_namespace(cluster):
     try:
         r = cluster.srun(ALICE, ["cat", marker])
         assert r.returncode == 0 and r.stdout == "host\n", (r.stdout, r.stderr)
-        assert os.path.exists(os.path.join(cluster.runtime, "slurm-disabled"))
+        assert os.path.exists(os.path.join(cluster.node_runtime(), "slurm-disabled"))
     finally:
         os.unlink(cluster.node_path(marker))
     cluster.set_namespace_config()
     cluster.wait_idle()
     r = cluster.srun(ALICE, ["ls", "-A", "/tmp"])
     assert r.returncode == 0 and r.stdout == "", (r.stdout, r.stderr)
-    assert not os.path.exists(os.path.join(cluster.runtime, "slurm-disabled"))
+    assert not os.path.exists(os.path.join(cluster.node_runtime(), "slurm-disabled"))
 
 
 def test_the_node_runs_the_version_of_the_matrix(cluster, request):

@@ -411,13 +411,13 @@ def test_failing_create_fails_the_launch_and_leaves_nothing(ncluster):
         f.write('#!/bin/sh\necho "site check refuses job $SLURM_JOB_ID" >&2\nexit 3\n')
     os.chmod(script, 0o755)
     before = set(os.listdir(base)) if os.path.isdir(base) else set()
-    log_size = os.path.getsize(os.path.join(ncluster.log_dir, "slurmd.log"))
+    log_size = os.path.getsize(os.path.join(ncluster.log_dir, f"slurmd-{ncluster.node}.log"))
     ncluster.set_namespace_config(init_script=script)
 
     r = ncluster.srun(ALICE, ["echo", "ran"], timeout=90)
     assert r.returncode != 0 and "ran" not in r.stdout, r.stdout + r.stderr
 
-    with open(os.path.join(ncluster.log_dir, "slurmd.log"), errors="replace") as f:
+    with open(os.path.join(ncluster.log_dir, f"slurmd-{ncluster.node}.log"), errors="replace") as f:
         f.seek(log_size)
         new_log = f.read()
     assert "site check refuses job" in new_log, new_log

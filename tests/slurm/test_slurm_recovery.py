@@ -14,7 +14,7 @@ ALICE, BOB = "jobns-alice", "jobns-bob"
 
 def _dead_stepd_socket(cluster, job: str) -> str:
     """A stepd socket whose slurmstepd is gone (bound, then closed: connect is refused)."""
-    path = os.path.join(cluster.spool, f"{cluster.node}_{job}.0")
+    path = os.path.join(cluster.spool_of(), f"{cluster.node}_{job}.0")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(path)
     s.close()
@@ -36,7 +36,7 @@ def test_slurmd_restart_keeps_running_job_and_restore_removes_dead_ones(cluster)
         r = cluster.jobns_cmd("create", ghost, "--user", BOB)
         assert r.returncode == 0, r.stderr
         sock = _dead_stepd_socket(cluster, ghost)
-        r = cluster.jobns_cmd("slurm", "live-jobs", "--spool-dir", cluster.spool)
+        r = cluster.jobns_cmd("slurm", "live-jobs", "--spool-dir", cluster.spool_of())
         assert r.returncode == 0, r.stderr
         assert job in r.stdout.split() and ghost not in r.stdout.split(), r.stdout
 
@@ -67,7 +67,7 @@ def test_slurmd_sigkill_then_cancel_leaves_nothing(cluster):
                                                                 "leftover")), what="job start")
         cluster.kill_slurmd()
         # Its slurmstepds survive the crash: the job still counts as live on the node.
-        r = cluster.jobns_cmd("slurm", "live-jobs", "--spool-dir", cluster.spool)
+        r = cluster.jobns_cmd("slurm", "live-jobs", "--spool-dir", cluster.spool_of())
         assert job in r.stdout.split(), (r.stdout, r.stderr)
         cluster.cmd(["scancel", job])
         assert os.path.isdir(os.path.join(base, job))   # nobody to clean up while slurmd is down
@@ -75,7 +75,7 @@ def test_slurmd_sigkill_then_cancel_leaves_nothing(cluster):
         cluster.wait_until(lambda: not os.path.lexists(os.path.join(base, job)), timeout=60,
                            what="the job's directory to be removed after slurmd came back")
         assert [m for m in cluster.mounts_under(base) if m != base] == []
-        assert not os.path.lexists(os.path.join(cluster.runtime, "jobs", job))
+        assert not os.path.lexists(os.path.join(cluster.node_runtime(), "jobs", job))
         cluster.wait_idle(timeout=90)
     finally:
         if cluster.pid_of("slurmd") is None:

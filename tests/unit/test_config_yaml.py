@@ -62,7 +62,8 @@ def test_man_page_example_first_entry(tmp_path, node):
     assert cfg.clone_ns_epilog_wait == 10
     assert cfg.clone_ns_flags == ALL_FLAGS
     assert cfg.origin == "node_confs[0] (line 14)"
-    assert cfg.warnings == ()
+    # the example's scripts do not exist on this host: said, not refused (another node's view)
+    assert all("not on this host" in w for w in cfg.warnings), cfg.warnings
 
 
 def test_man_page_example_second_entry(tmp_path):
@@ -495,3 +496,29 @@ def test_unknown_key_is_an_error_that_stops_load(tmp_path, text, line, key, hint
         ld(path)
     assert (err.value.line, err.value.key) == (line, key)
     assert hint in str(err.value) and str(err.value).startswith(f"{path}:{line}: {key}: ")
+
+
+def test_check_finds_a_missing_base_path_without_auto_base_path(tmp_path):
+    import tempfile
+    top = tempfile.mkdtemp(prefix="jobns-check-", dir="/var/tmp")   # not under /tmp
+    missing = os.path.join(top, "no-such-base")
+    try:
+        path = write(tmp_path, f"defaults:\n  base_path: {missing}\n  auto_base_path: false\n")
+        found = [f for f in check(path) if f.key == "base_path"]
+        assert len(found) == 1 and "does not exist" in str(found[0]) and found[0].line == 2
+        os.mkdir(missing)
+        assert [f for f in check(path) if f.key == "base_path"] == []
+    finally:
+        import shutil
+        shutil.rmtree(top)
+
+
+@pytest.mark.parametrize("base,flagged", [("/shared/jobns", True), ("/shared/jobns/%n", False),
+                                          ("/shared/%h/jobns", False)])
+def test_check_flags_a_network_base_path_without_the_node_name(tmp_path, monkeypatch, base,
+                                                               flagged):
+    from jobns.config import _common
+    monkeypatch.setattr(_common, "fs_type", lambda p: "nfs4")
+    path = write(tmp_path, f"defaults:\n  base_path: {base}\n")
+    found = [f for f in findings(path) if "nfs4" in str(f)]
+    assert bool(found) == flagged, found

@@ -262,7 +262,7 @@ def load(path: str | None, node: str, *, hostname: str | None = None,
     config); `use_cache` False bypasses the config cache.
     """
     if path is None:
-        return builtin_default(node)
+        return _layout(builtin_default(node))
     from jobns.config import _common
 
     if hostname is None:
@@ -276,7 +276,7 @@ def load(path: str | None, node: str, *, hostname: str | None = None,
             if cfg is not None:
                 if check_scripts:
                     _check_scripts(cfg, {}, _common.Findings(file=cfg.source), raise_=True)
-                return cfg
+                return _layout(cfg)
     parsed, _st = _parse(path)
     fnd = parsed.fnd
     if fnd.errors:
@@ -292,7 +292,21 @@ def load(path: str | None, node: str, *, hostname: str | None = None,
     if check_scripts:
         _check_scripts(cfg, settings, _common.Findings(file=parsed.source), raise_=True,
                        key_names=parsed.key_names)
-    return cfg
+    else:   # another node's view: its scripts need not exist here; say so
+        other = _common.Findings(file=parsed.source)
+        _common.check_effective_scripts(cfg, settings, other, parsed.key_names)
+        if other.errors:
+            cfg = cfg.replace(warnings=cfg.warnings + tuple(
+                f"{e} (not on this host; at job start on node {node} it is an error)"
+                for e in other.errors))
+    return _layout(cfg)
+
+
+def _layout(cfg: NodeConfig) -> NodeConfig:
+    """Several slurmd's on this host (slurm.conf says so): each node's jobs in its own
+    directory below base_path."""
+    from jobns.slurm.nodes import with_layout
+    return with_layout(cfg)
 
 
 def _cache_key(path: str, node: str, hostname: str) -> dict | None:
@@ -339,8 +353,14 @@ def check(path: str, node: str | None = None) -> list[ConfigError]:
         return [exc]
     fnd = parsed.fnd
     scripts_seen: set[str] = set()
+    bases_seen: set[str] = set()
     for settings, origin in parsed.candidates():
-        parsed.finalize(settings, "%n", "%h", origin, fnd)
+        cfg = parsed.finalize(settings, "%n", "%h", origin, fnd)
+        base = settings.get("base_path")
+        if cfg is not None and cfg.enabled and base is not None and \
+                cfg.base_path not in bases_seen:
+            bases_seen.add(cfg.base_path)
+            _common.check_base_here(cfg, base, fnd, parsed.key_names)
         for name in _common.SCRIPT_FIELDS:
             s = settings.get(name)
             if s is None or s.value in scripts_seen:

@@ -563,3 +563,49 @@ def check_effective_scripts(cfg: NodeConfig, settings: dict[str, Setting], fnd: 
             fnd.error(problem, line=s.line if s else None,
                       key=s.key if s else key_names.get(name, name),
                       hint="install it, make it executable (chmod 755), or remove the key")
+
+
+# Filesystems that several hosts mount at once: one base_path there is every node's.
+NETWORK_FS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph",
+              "glusterfs", "fuse.glusterfs", "9p", "afs", "panfs", "pvfs2", "orangefs",
+              "ocfs2", "gfs2", "fuse.sshfs", "fuse.ceph", "fuse.beegfs", "virtiofs")
+
+
+def fs_type(path: str) -> str | None:
+    """Filesystem type of the mount that holds `path` (its nearest existing parent)."""
+    path = os.path.realpath(path)
+    while not os.path.exists(path) and path != "/":
+        path = os.path.dirname(path)
+    best, kind = "", None
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                mp = fields[4].replace("\\040", " ")
+                sep = fields.index("-")
+                if (path == mp or path.startswith(mp.rstrip("/") + "/")) and len(mp) >= len(best):
+                    best, kind = mp, fields[sep + 1]
+    except (OSError, ValueError, IndexError):
+        return None
+    return kind
+
+
+def check_base_here(cfg: NodeConfig, base: Setting, fnd: Findings,
+                    key_names: dict[str, str]) -> None:
+    """Findings about base_path as it is on this host: missing without auto_base_path
+    (the first job would fail and drain the node), or on a filesystem other hosts share
+    without %n/%h (every node would see, and could remove, the others' jobs)."""
+    value = cfg.base_path
+    key = base.key
+    literal = "%" not in str(base.value)
+    if literal and not cfg.auto_base_path and not os.path.isdir(value):
+        fnd.warn(f"base_path {value} does not exist on this host and auto_base_path is "
+                 "false: the first job here fails and drains the node", line=base.line,
+                 key=key, hint=f"create it (mkdir -m 0755 {value}) or set "
+                 f"{key_names.get('auto_base_path', 'auto_base_path')} to true")
+    kind = fs_type(value.split("%", 1)[0] or "/")
+    if literal and kind in NETWORK_FS:
+        fnd.warn(f"base_path {value} is on a {kind} filesystem that other hosts mount too, "
+                 "and names no node: every node would keep its jobs in the same directory",
+                 line=base.line, key=key, hint=f"give each node its own: {value}/%n "
+                 "(or a local disk)")

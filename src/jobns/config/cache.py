@@ -96,7 +96,10 @@ def put(key: dict, cfg: NodeConfig) -> bool:
             return False
         target = _entry_path(key)
         tmp = f"{target}.{os.getpid()}.tmp"
-        payload = marshal.dumps({"key": key, "config": cfg.as_dict()})
+        config = cfg.as_dict()
+        for derived in ("node_dir", "jobs_path"):   # from slurm.conf, applied after the cache
+            config.pop(derived, None)
+        payload = marshal.dumps({"key": key, "config": config})
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:

@@ -66,6 +66,9 @@ class NodeConfig(Frozen):
     list of their paths, as written); empty means the classic `dirs` behaviour.
     `source` is the file it came from ("built-in" for the default) and `origin` says which
     entry or line of it applied (e.g. "node_confs[0] (line 12)").
+    `node_dir` is set when several slurmd's share this host (Slurm's multiple-slurmd
+    build): the node's jobs then live in `<base_path>/<node_name>/` (`jobs_path`), as
+    Slurm's own plugins keep them in such a build.
     """
 
     node_name: str
@@ -86,6 +89,7 @@ class NodeConfig(Frozen):
     source: str = "built-in"
     origin: str = "built-in default"
     warnings: tuple[str, ...] = ()
+    node_dir: bool = False
 
     _nocompare = ("warnings",)
 
@@ -98,6 +102,13 @@ class NodeConfig(Frozen):
         """What every command says when jobns is disabled on this node."""
         return (f"jobns is disabled on node {self.node_name} by {self.source} "
                 f"({self.origin}): no base_path")
+
+    @property
+    def jobs_path(self) -> str | None:
+        """The directory that holds this node's job dirs."""
+        if self.base_path is None or not self.node_dir:
+            return self.base_path
+        return self.base_path.rstrip("/") + "/" + self.node_name
 
     @property
     def new_pid(self) -> bool:
@@ -114,6 +125,7 @@ class NodeConfig(Frozen):
         d["dir_confs"] = [c.as_dict() for c in self.dir_confs]
         d["clone_ns_flags"] = list(self.clone_ns_flags)
         d["warnings"] = list(self.warnings)
+        d["jobs_path"] = self.jobs_path
         return d
 
 

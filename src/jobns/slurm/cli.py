@@ -30,7 +30,10 @@ def runtime_dir() -> str:
 
 def _load_config(ctx, node: str):
     from jobns import config
-    return config.load(config.discover(ctx.config_path), node)
+    from jobns.store import select_node
+    cfg = config.load(config.discover(ctx.config_path), node)
+    select_node(cfg)
+    return cfg
 
 
 def _mark_disabled(disabled: bool) -> None:
@@ -56,7 +59,8 @@ def _start_service() -> None:
     exe = os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
     if os.path.basename(exe) == "jobns" and os.access(exe, os.X_OK):
         try:
-            service.start_detached(exe, runtime_dir())
+            from jobns.config.model import runtime_dir as root_runtime_dir
+            service.start_detached(exe, root_runtime_dir())   # one service for the host
         except OSError:
             pass       # the next fallback tries again; the job is not affected
 
@@ -93,26 +97,66 @@ def _prolog(ctx) -> int:
 
 
 def _epilog(ctx, on_free=None) -> int:
-    from jobns.delete import delete
+    """Tear the job down from where it was created (the runtime index and its record),
+    whatever the config says now; then retry teardowns that failed earlier here."""
+    from jobns.delete import delete, retry_failed_teardowns
+    from jobns.errors import ConfigError
     from jobns.slurm.env import job_id_from_env, node_name
+    from jobns.store import indexed_job_dir, select_node
     job_id = job_id_from_env(os.environ)
     node = node_name(ctx.node)
-    cfg = _load_config(ctx, node)
-    if not cfg.enabled:
-        return 0
+    code = 0
+    try:
+        cfg = _load_config(ctx, node)
+    except ConfigError as exc:
+        ctx.log("error", f"{exc}; job {job_id} is torn down from its record")
+        cfg, code = None, exc.exit_code
+    if cfg is None or not cfg.enabled:
+        from jobns.config.model import builtin_default
+        from jobns.slurm.nodes import with_layout
+        cfg = with_layout(builtin_default(node))
+        select_node(cfg)
+        if indexed_job_dir(job_id) is None:
+            return code       # no namespace was made for this job here
     result = delete(cfg, job_id, log=ctx.log, on_free=on_free)
+    # An earlier job's teardown that fails again is logged (and stays teardown-failed);
+    # it does not fail this job's epilog.
+    retry_failed_teardowns(cfg, log=ctx.log)
+    if code:
+        return code
     return 0 if result.ok else 1
+
+
+def discover_live(ctx, node: str, spool_dir: str | None = None,
+                  slurm_conf: str | None = None) -> tuple[str, set[str]]:
+    """(spool dir, job ids) of the jobs that may still run on this host: a live stepd
+    socket under any node name in the spool dirs of every slurmd of this host, or a
+    slurmstepd process of the job (found in /proc, whatever the spool dir is)."""
+    from jobns.slurm import nodes
+    from jobns.slurm.live import DEFAULT_SPOOL_DIR, live_jobs
+    conf = nodes.read(slurm_conf)
+    spool = spool_dir or (conf.slurmd_spool_dir(node) if conf is not None
+                          else DEFAULT_SPOOL_DIR)
+    if not os.path.isdir(spool):
+        ctx.log("warning", f"SlurmdSpoolDir {spool} of node {node} does not exist; live jobs "
+                "are told from the slurmstepd processes alone")
+    live = live_jobs(spool, log=ctx.log)
+    if conf is not None:
+        host = conf.host_of(node)
+        for other in (conf.nodes_on(host) if host else []):
+            other_spool = conf.slurmd_spool_dir(other)
+            if other_spool != spool and os.path.isdir(other_spool):
+                live |= live_jobs(other_spool, log=ctx.log)
+    return spool, live
 
 
 def _live(args, ctx) -> tuple[str, str, set[str]]:
     from jobns.slurm.env import node_name
-    from jobns.slurm.live import live_jobs, slurmd_spool_dir
     node = node_name(ctx.node)
-    spool = args.spool_dir or slurmd_spool_dir(args.slurm_conf, node)
-    if not os.path.isdir(spool):
-        raise UsageError(f"SlurmdSpoolDir {spool} does not exist (pass --spool-dir or "
-                         "--slurm-conf, or --node if NodeName is not the short hostname)")
-    return node, spool, live_jobs(spool, node, log=ctx.log)
+    if args.slurm_conf:
+        os.environ["SLURM_CONF"] = args.slurm_conf
+    spool, live = discover_live(ctx, node, args.spool_dir, args.slurm_conf)
+    return node, spool, live
 
 
 def cmd_live_jobs(args, ctx) -> int:

@@ -7,7 +7,6 @@ SLURM_JOB_WORK_DIR, ...). Every error names the variable.
 
 from __future__ import annotations
 
-import os
 import pwd
 from collections.abc import Mapping
 
@@ -61,12 +60,7 @@ def job_from_env(env: Mapping[str, str]) -> Job:
 
 
 def node_name(explicit: str | None, env: Mapping[str, str] | None = None) -> str:
-    """--node, then SLURMD_NODENAME, then the short hostname."""
-    env = os.environ if env is None else env
-    if explicit:
-        return explicit
-    name = env.get("SLURMD_NODENAME")
-    if name:
-        return name
-    from jobns.config.model import short_hostname
-    return short_hostname()
+    """--node, then SLURMD_NODENAME, then slurm.conf as slurmd reads it (see
+    jobns.slurm.nodes), then the short hostname."""
+    from jobns.slurm.nodes import node_name as find
+    return find(explicit, env)

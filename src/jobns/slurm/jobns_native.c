@@ -118,11 +118,21 @@ static const char *node_name(void)
 	return NULL;
 }
 
+/* This node's runtime dir (see jobns_node_runtime). */
+static const char *runtime_dir(void)
+{
+	static char buf[PATH_MAX];
+	const char *node = node_name();
+
+	return jobns_node_runtime(JOBNS_RUNTIME, node ? node : getenv("SLURMD_NODENAME"), buf,
+				  sizeof(buf));
+}
+
 static int disabled_on_node(void)
 {
 	char path[PATH_MAX];
 
-	if (snprintf(path, sizeof(path), "%s/slurm-disabled", JOBNS_RUNTIME) >= (int) sizeof(path))
+	if (snprintf(path, sizeof(path), "%s/slurm-disabled", runtime_dir()) >= (int) sizeof(path))
 		return 0;
 	return access(path, F_OK) == 0;
 }
@@ -136,7 +146,7 @@ static int open_job(uint32_t job, struct jobns_job *j)
 	char id[16], err[JOBNS_ERR_MAX];
 
 	snprintf(id, sizeof(id), "%u", job);
-	if (jobns_open(j, JOBNS_RUNTIME, id, err, sizeof(err)) == 0)
+	if (jobns_open(j, runtime_dir(), id, err, sizeof(err)) == 0)
 		return 0;
 	if (errno == ENOENT && disabled_on_node()) {
 		debug("jobns: job %u: jobns is disabled on this node", job);

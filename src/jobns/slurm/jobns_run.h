@@ -33,6 +33,7 @@
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/un.h>
@@ -66,17 +67,18 @@ static void jobns_log_lines(char *buf, uint32_t job, int failed)
 	char *line, *save = NULL;
 
 	for (line = strtok_r(buf, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
-		/* jobns' own lines already say "jobns: job N: ..." */
-		int own = !strncmp(line, "jobns: ", 7);
-
-		if (failed && own)
-			slurm_error("%s", line);
-		else if (failed)
-			slurm_error("jobns: job %u: %s", job, line);
-		else if (own)
+		if (!strncmp(line, "jobns: error: ", 14))
+			slurm_error("jobns: %s", line + 14);
+		else if (!strncmp(line, "jobns: ", 7))
 			slurm_info("%s", line);
-		else
+		else if (failed && job)
+			slurm_error("jobns: job %u: %s", job, line);
+		else if (failed)
+			slurm_error("jobns: %s", line);
+		else if (job)
 			slurm_info("jobns: job %u: %s", job, line);
+		else
+			slurm_info("jobns: %s", line);
 	}
 }
 
@@ -240,9 +242,13 @@ static int jobns_service_call(const struct jobns_cmd *cmd, const char *action, u
 	if (status == 0) {
 		rc = 0;
 	} else {
-		slurm_error("jobns: job %u: `%s slurm %s` failed with exit code %ld (run by the jobns service)",
-			    job, cmd->jobns, action, status);
-		rc = -1;
+		char who[32] = "";	/* restore is no job's: no "job 0" */
+
+		if (job)
+			snprintf(who, sizeof(who), "job %u: ", job);
+		slurm_error("jobns: %s`%s slurm %s` failed with exit code %ld (run by the jobns service)",
+			    who, cmd->jobns, action, status);
+		rc = status > 1 ? (int) -status : -1;
 	}
 out:
 	free(req);
@@ -255,7 +261,8 @@ out:
  * Run `jobns [--config F] [--node N] slurm ACTION [ARGS...]` with the current
  * environment plus JOBNS_RUNTIME_DIR, SLURM_CONF (when given) and `extra_env`
  * ("NAME=value" entries, NULL-terminated, replacing inherited ones of the same name);
- * wait for it and log its output.  Returns 0 when it exited 0, -1 otherwise.
+ * wait for it and log its output.  Returns 0 when it exited 0, -N when it exited N > 1
+ * (2: a usage or configuration error), -1 otherwise.
  */
 static int jobns_run(const struct jobns_cmd *cmd, const char *action, uint32_t job,
 		     const char *node, const char *slurm_conf, char *const *extra_env,
@@ -381,16 +388,45 @@ static int jobns_run(const struct jobns_cmd *cmd, const char *action, uint32_t j
 		jobns_log_output(out, job, 0);
 		rc = 0;
 	} else {
+		char who[32] = "";	/* restore is no job's: no "job 0" */
+
 		jobns_log_output(out, job, 1);
+		if (job)
+			snprintf(who, sizeof(who), "job %u: ", job);
 		if (WIFEXITED(status))
-			slurm_error("jobns: job %u: `%s slurm %s` failed with exit code %d",
-				    job, cmd->jobns, action, WEXITSTATUS(status));
+			slurm_error("jobns: %s`%s slurm %s` failed with exit code %d",
+				    who, cmd->jobns, action, WEXITSTATUS(status));
 		else
-			slurm_error("jobns: job %u: `%s slurm %s` killed by signal %d",
-				    job, cmd->jobns, action, WTERMSIG(status));
+			slurm_error("jobns: %s`%s slurm %s` killed by signal %d",
+				    who, cmd->jobns, action, WTERMSIG(status));
+		if (WIFEXITED(status) && WEXITSTATUS(status) > 1)
+			rc = -WEXITSTATUS(status);
 	}
 	close(out);
 	return rc;
+}
+
+/*
+ * The runtime dir of node `node` into buf: <runtime>/nodes/<node> when that directory
+ * exists (several slurmd's on one host, Slurm's multiple-slurmd build: jobns keeps each
+ * node's index there), else <runtime>.  A job of one node is never looked up in another
+ * node's index: the same job id runs on each of them (srun -N3).
+ */
+static const char *jobns_node_runtime(const char *runtime, const char *node, char *buf,
+				      size_t len)
+{
+	struct stat st;
+	int n;
+
+	if (node && node[0] && !strchr(node, '/') && strcmp(node, ".") && strcmp(node, "..")) {
+		n = snprintf(buf, len, "%s/nodes/%s", runtime, node);
+		if (n > 0 && (size_t) n < len && stat(buf, &st) == 0 && S_ISDIR(st.st_mode))
+			return buf;
+	}
+	if (strlen(runtime) >= len)
+		return runtime;
+	strcpy(buf, runtime);
+	return buf;
 }
 
 /* slurmd's own command line: -f FILE and -N NAME (getopt short options only). */

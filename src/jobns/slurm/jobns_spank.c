@@ -8,7 +8,8 @@
  *       slurm_spank_job_prolog  -> `jobns slurm prolog`   (creates the job's namespaces)
  *       slurm_spank_job_epilog  -> `jobns slurm epilog`   (deletes them)
  *       slurm_spank_init (slurmd context, at slurmd start)
- *                               -> `jobns slurm restore`  (removes leftovers of dead jobs)
+ *                               -> `jobns slurm restore`  (removes leftovers of dead jobs;
+ *                                  a config error keeps slurmd from starting)
  *                                  `jobns slurm service`  (starts the per-node service)
  *     Prolog and epilog go to the jobns service (<runtime>/service.sock, docs/service.md),
  *     which runs the same code in a resident worker without a Python start per job; when
@@ -166,11 +167,20 @@ static void close_fd(int *fd)
 
 /* ---------------------------------------------------------------- opening the job */
 
+/* This node's runtime dir (see jobns_node_runtime); slurmstepd has its NodeName in
+ * SLURMD_NODENAME. */
+static const char *runtime_dir(void)
+{
+	static char buf[PATH_MAX];
+
+	return jobns_node_runtime(opt.runtime, getenv("SLURMD_NODENAME"), buf, sizeof(buf));
+}
+
 static int disabled_on_node(void)
 {
 	char path[PATH_MAX];
 
-	if (snprintf(path, sizeof(path), "%s/slurm-disabled", opt.runtime) >= (int) sizeof(path))
+	if (snprintf(path, sizeof(path), "%s/slurm-disabled", runtime_dir()) >= (int) sizeof(path))
 		return 0;
 	return access(path, F_OK) == 0;
 }
@@ -186,7 +196,7 @@ static int open_job(uint32_t job)
 	char id[16], err[JOBNS_ERR_MAX];
 
 	snprintf(id, sizeof(id), "%u", job);
-	if (jobns_open(&jj, opt.runtime, id, err, sizeof(err)) < 0) {
+	if (jobns_open(&jj, runtime_dir(), id, err, sizeof(err)) < 0) {
 		if (errno == ENOENT && disabled_on_node()) {
 			slurm_debug("jobns: job %u: jobns is disabled on this node", job);
 			return 0;
@@ -227,10 +237,16 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 		if (!opt.restore && !(opt.service && opt.prolog))
 			return 0;
 		jobns_slurmd_cmdline(conf, sizeof(conf), node, sizeof(node));
-		/* A failed restore must not keep slurmd from starting: it is logged. */
-		if (opt.restore)
-			(void) jobns_run(cmd(), "restore", 0, node, conf, NULL, NULL);
-		/* Neither must the service: without it, prologs run the jobns command. */
+		/* Without -N, jobns finds the NodeName in slurm.conf as slurmd does.  A config
+		 * that cannot be used (exit 2) keeps slurmd from starting: no job may run on a
+		 * node whose namespaces are not configured.  Any other failed restore is
+		 * logged, and slurmd starts. */
+		if (opt.restore &&
+		    jobns_run(cmd(), "restore", 0, node, conf, NULL, NULL) == -2) {
+			slurm_error("jobns: the jobns configuration cannot be used (see above): slurmd does not start, so that no job runs without its namespace; fix it (`jobns config check`) and start slurmd again");
+			return -1;
+		}
+		/* A failed service must not: without it, prologs run the jobns command. */
 		if (opt.service && opt.prolog)
 			(void) jobns_run(cmd(), "service", 0, node, conf, NULL, NULL);
 		return 0;
