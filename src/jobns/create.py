@@ -20,7 +20,7 @@ from jobns.log import null_log
 from jobns.nschild import (NamespaceChild, child_error, reap, spawn_namespace_child,
                            warn_init_oom)
 from jobns.plan import Op, Plan, Step, build_plan, step_error
-from jobns.store import (STATE_READY, ensure_base_path, fail_point, index_path, job_lock,
+from jobns.store import (MEM_PENDING, STATE_READY, ensure_base_path, fail_point, index_path, job_lock,
                          select_node,
                          ns_inode, pin_inode, read_init_pid, read_record, set_index,
                          write_record)
@@ -180,6 +180,10 @@ def _record(step: Step, run: _Run) -> None:
                       pin_inode=pin_inode(run.paths.pin),
                       userns_inode=_own_userns_inode(run.paths.pin))
     write_record(step.path, run.record)
+    if run.record.get("mem_pending"):
+        # the SPANK plugin's cue to pass the job's memory from its first step
+        with open(os.path.join(run.paths.ns_dir, MEM_PENDING), "w") as f:
+            f.write("".join(f"{p} {n}%\n" for p, n in run.record["mem_pending"]))
 
 
 def _own_userns_inode(pin: str) -> int | None:

@@ -265,7 +265,7 @@ def warn_init_oom(pid: int, job_id: str, log) -> None:
     except (OSError, ValueError):
         return
     if adj != -1000:
-        log("info", f"job {job_id}: PID 1 keeps oom_score_adj {adj}, not -1000 "
+        log("debug", f"job {job_id}: PID 1 keeps oom_score_adj {adj}, not -1000 "
             "(lowering it needs CAP_SYS_RESOURCE, which this process lacks)")
 
 

@@ -234,7 +234,23 @@ class Plan(Frozen):
             "dirs": list(self.job_dirs()), "backing": self.backing_dirs(),
             "clone_ns_flags": list(self.clone_flags), "shared": cfg.shared,
             "config": cfg.source, "env": dict(job.env), "init_pid": None,
+            "mem_pending": self.mem_pending(),
         }
+
+    def mem_pending(self) -> list:
+        """[path, N] of each tmpfs sized `size=N%mem` while the job's memory is not known
+        (no SLURM_JOB_MEM: Slurm gives a prolog none). Mounted at N% of the node's RAM
+        until the job's first step, which knows it, sets it (`jobns slurm set-mem`)."""
+        mem = (self.job.env.get("SLURM_JOB_MEM") or "").strip()
+        if mem not in ("", "0"):
+            return []
+        out = []
+        for conf in self.cfg.dir_confs:
+            for tok in conf.data if conf.tmpfs else ():
+                name, _, value = tok.partition("=")
+                if name == "size" and value.endswith("%mem"):
+                    out.append([expand_dir_path(conf.path, self.job), int(value[:-4])])
+        return out
 
     def describe(self) -> str:
         lines = [f"plan for job {self.job.job_id} (user {self.job.user}, uid {self.job.uid}, "

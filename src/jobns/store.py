@@ -33,6 +33,7 @@ FAIL_ENV = "JOBNS_TEST_FAIL_STEP"       # failure injection, used by the test su
 
 STATE_READY = "ready"
 STATE_TEARDOWN_FAILED = "teardown-failed"
+MEM_PENDING = "mem-pending"       # .ns/<this>: a size=N%mem waits for the job's memory
 
 # Several slurmd's on one host: the runtime dir of the node this process works for is
 # <runtime>/nodes/<NodeName> (set by select_node, from the node's config).

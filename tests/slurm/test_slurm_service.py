@@ -41,13 +41,13 @@ def _children(pid: int) -> list[int]:
 
 
 def _log_from(cluster, offset: int) -> str:
-    with open(os.path.join(cluster.log_dir, "slurmd.log"), errors="replace") as f:
+    with open(os.path.join(cluster.log_dir, f"slurmd-{cluster.node}.log"), errors="replace") as f:
         f.seek(offset)
         return f.read()
 
 
 def _log_size(cluster) -> int:
-    return os.path.getsize(os.path.join(cluster.log_dir, "slurmd.log"))
+    return os.path.getsize(os.path.join(cluster.log_dir, f"slurmd-{cluster.node}.log"))
 
 
 def _host_mntns(cluster) -> str:

@@ -522,3 +522,10 @@ def test_check_flags_a_network_base_path_without_the_node_name(tmp_path, monkeyp
     path = write(tmp_path, f"defaults:\n  base_path: {base}\n")
     found = [f for f in findings(path) if "nfs4" in str(f)]
     assert bool(found) == flagged, found
+
+
+def test_source_is_an_absolute_path(tmp_path, monkeypatch):
+    write(tmp_path, "defaults:\n  base_path: /var/lib/x\n")
+    monkeypatch.chdir(tmp_path)
+    cfg = load("namespace.yaml", "n1", use_cache=False)
+    assert cfg.source == str(tmp_path / "namespace.yaml")

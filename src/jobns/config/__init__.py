@@ -229,6 +229,8 @@ def _parse(path: str):
     from jobns.config._common import Findings
 
     fmt, source, text, st = _open(path)
+    if text is not None:
+        source = os.path.abspath(source)   # config show and every finding name it so
     fnd = Findings(file=source if text is not None else "plugstack arguments")
     if text is None:
         parsed = _Parsed(fmt, source, None, fnd)

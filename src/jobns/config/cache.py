@@ -97,8 +97,7 @@ def put(key: dict, cfg: NodeConfig) -> bool:
         target = _entry_path(key)
         tmp = f"{target}.{os.getpid()}.tmp"
         config = cfg.as_dict()
-        for derived in ("node_dir", "jobs_path"):   # from slurm.conf, applied after the cache
-            config.pop(derived, None)
+        config.pop("jobs_path", None)   # a property; node_dir is applied after the cache
         payload = marshal.dumps({"key": key, "config": config})
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
