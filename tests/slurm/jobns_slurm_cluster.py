@@ -566,9 +566,16 @@ class Cluster:
                            f"{self.cmd(['squeue', '-h', '-o', '%i %T %R']).stdout}")
 
     def resume(self) -> None:
-        for node in self.nodes:
-            if self.node_state(node).startswith(("drain", "down")):
+        """Resume drained or down nodes (again while a job's end still holds them, when
+        slurmctld refuses the resume) and wait until all are idle."""
+        end = time.monotonic() + 90
+        while time.monotonic() < end:
+            bad = [n for n in self.nodes if self.node_state(n).startswith(("drain", "down"))]
+            if not bad:
+                break
+            for node in bad:
                 self.cmd(["scontrol", "update", f"nodename={node}", "state=resume"])
+            time.sleep(0.5)
         self.wait_idle()
 
     def unhealthy(self) -> bool:

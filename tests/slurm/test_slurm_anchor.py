@@ -40,7 +40,7 @@ def test_slurms_own_plugin_gives_the_private_tmp_jobns_gives(anchor):
     path = anchor.node_path(f"/tmp/{marker}")
     with open(path, "w") as f:
         f.write("node\n")
-    log_size = os.path.getsize(os.path.join(anchor.log_dir, "slurmd.log"))
+    log_size = os.path.getsize(os.path.join(anchor.log_dir, f"slurmd-{anchor.node}.log"))
     try:
         r = anchor.srun(ALICE, ["sh", "-c", "ls -A /tmp; stat -c '%U %a' /tmp; "
                                             "findmnt -n -o FSTYPE /dev/shm; echo $SLURM_JOB_ID"])
@@ -52,6 +52,6 @@ def test_slurms_own_plugin_gives_the_private_tmp_jobns_gives(anchor):
     assert lines[1] == "tmpfs", r.stdout
     job = lines[2]
     anchor.wait_idle()
-    with open(os.path.join(anchor.log_dir, "slurmd.log"), errors="replace") as f:
+    with open(os.path.join(anchor.log_dir, f"slurmd-{anchor.node}.log"), errors="replace") as f:
         f.seek(log_size)
         assert not re.search(rf"jobns: job {job}\b", f.read())   # Slurm's plugin did it

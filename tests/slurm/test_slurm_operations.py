@@ -154,9 +154,14 @@ def test_config_typo_fails_the_job_never_runs_it_unisolated(cluster, text, line,
         want = f"error: jobns: {cluster.ns_yaml}:{line}: {key}: unknown key"
         assert want in log and hint in log, log[-3000:]
         assert "error: jobns: error:" not in log
+        # Slurm drains a node whose prolog fails
+        cluster.wait_until(lambda: cluster.node_state().startswith("drain"), timeout=60,
+                           what="the node to be drained")
     finally:
         if os.path.exists(marker):
             os.unlink(marker)
+        cluster.set_namespace_config()
+        cluster.resume()
 
 
 def test_slurmd_does_not_start_with_a_config_it_cannot_use(cluster):
