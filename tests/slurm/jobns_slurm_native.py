@@ -24,11 +24,8 @@ import jobns_slurm_cluster as jsc
 
 CACHE = os.environ.get("JOBNS_SLURM_SRC_CACHE", "/var/cache/jobns-test/slurm-src")
 APT_DIR = os.path.join(os.path.dirname(CACHE.rstrip("/")), "apt-src")
-SUITES = {"bookworm": ("http://deb.debian.org/debian", "bookworm"),
-          "bookworm-security": ("http://deb.debian.org/debian-security", "bookworm-security"),
-          "trixie": ("http://deb.debian.org/debian", "trixie"),
-          "trixie-security": ("http://deb.debian.org/debian-security", "trixie-security"),
-          "sid": ("http://deb.debian.org/debian", "sid")}
+SUITES = ("bookworm", "bookworm-security", "trixie", "trixie-security", "sid")
+APT_SOURCES = ("/etc/apt/sources.list", "/etc/apt/sources.list.d")
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 BUILD_DEPS = (("dpkg-dev", "/usr/bin/dpkg-source"), ("libmunge-dev", "/usr/include/munge.h"))
 # Debian's configure options for slurm-wlm that shape the structures a plugin reads.
@@ -57,6 +54,56 @@ def installed_version(admindir: str | None = None) -> str:
     return r.stdout.strip()
 
 
+def _host_archives() -> dict[str, str]:
+    """The host's Debian archive URIs, from its own apt sources: {"main": uri,
+    "security": uri}. The mirror this machine is set up with serves the other suites too."""
+    found: dict[str, str] = {}
+
+    def note(uri: str, suites: list[str]) -> None:
+        kind = "security" if any(s.endswith("-security") for s in suites) else "main"
+        found.setdefault(kind, uri.rstrip("/"))
+
+    files = []
+    for top in APT_SOURCES:
+        if os.path.isdir(top):
+            files += [os.path.join(top, n) for n in sorted(os.listdir(top))
+                      if n.endswith((".list", ".sources"))]
+        elif os.path.isfile(top):
+            files.append(top)
+    for path in files:
+        with open(path, errors="replace") as f:
+            text = f.read()
+        if path.endswith(".sources"):
+            for stanza in text.split("\n\n"):
+                fields = {}
+                for line in stanza.splitlines():
+                    if ":" in line and not line.startswith(("#", " ")):
+                        k, v = line.split(":", 1)
+                        fields[k.strip().lower()] = v.split()
+                if fields.get("uris") and fields.get("suites"):
+                    note(fields["uris"][0], fields["suites"])
+        else:
+            for line in text.splitlines():
+                words = [w for w in line.split() if not w.startswith("[")]
+                if len(words) >= 3 and words[0] in ("deb", "deb-src"):
+                    note(words[1], [words[2]])
+    return found
+
+
+def _suite_uris() -> list[tuple[str, str]]:
+    """(uri, suite) for every suite whose source packages the tests may need."""
+    archives = _host_archives()
+    if "main" not in archives:
+        raise SourceUnavailable("no Debian archive in the host's apt sources "
+                                f"({', '.join(APT_SOURCES)})")
+    out = []
+    for suite in SUITES:
+        kind = "security" if suite.endswith("-security") else "main"
+        if kind in archives:
+            out.append((archives[kind], suite))
+    return out
+
+
 def _apt_options() -> list[str]:
     return [f"-o=Dir::Etc::SourceList={APT_DIR}/sources.list",
             f"-o=Dir::Etc::SourceParts={APT_DIR}/sources.list.d",
@@ -72,7 +119,7 @@ def _apt_update() -> None:
     with open(os.path.join(APT_DIR, "sources.list"), "w"):
         pass
     entries = []
-    for uri, suite in SUITES.values():
+    for uri, suite in _suite_uris():
         entries.append(f"Types: deb-src\nURIs: {uri}\nSuites: {suite}\nComponents: main\n"
                        f"Signed-By: {KEYRING}\n")
     with open(os.path.join(APT_DIR, "sources.list.d", "jobns-test-src.sources"), "w") as f:
