@@ -349,7 +349,10 @@ class Cluster:
             "SwitchType=switch/none",
             "SchedulerType=sched/backfill",
             "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core",
+            # memory is allocated (a job has the memory it asks for: S_JOB_ALLOC_MEM), with a
+            # small default so that several jobs share a node
+            "SelectTypeParameters=CR_Core_Memory",
+            "DefMemPerCPU=100",
             "ReturnToService=2",
             "SlurmctldTimeout=120",
             "SlurmdTimeout=300",

@@ -480,7 +480,7 @@ def test_lost_namespace_fails_the_step_never_runs_it_on_the_host(ncluster):
     job = ncluster.sbatch(ALICE, "sleep 120\n")
     try:
         ncluster.wait_running(job)
-        pin = os.path.join(ncluster.runtime, "jobs", job, ".ns", "mnt")
+        pin = os.path.join(ncluster.node_runtime(), "jobs", job, ".ns", "mnt")
         ncluster.wait_until(lambda: os.path.lexists(pin), 30, f"{pin}")
         r = ncluster.run(["umount", pin])
         assert r.returncode == 0, r.stderr
@@ -492,6 +492,6 @@ def test_lost_namespace_fails_the_step_never_runs_it_on_the_host(ncluster):
         assert ncluster.job_state(job) == "RUNNING"     # the job itself goes on
     finally:
         ncluster.cmd(["scancel", job])
-    ncluster.wait_until(lambda: not os.path.lexists(os.path.join(ncluster.runtime, "jobs",
+    ncluster.wait_until(lambda: not os.path.lexists(os.path.join(ncluster.node_runtime(), "jobs",
                                                                  job)), 60,
                         "the job's namespace to be removed after scancel")

@@ -347,3 +347,17 @@ def test_config_show_of_another_node_and_check_of_a_missing_base(cluster, tmp_pa
     r = cluster.jobns_cmd("config", "check", str(conf))
     assert r.returncode == 1 and missing in r.stdout and "auto_base_path" in r.stdout, \
         (r.stdout, r.stderr)
+
+
+# ------------------------------------------------------------------ 9. %mem follows --mem
+
+def test_size_percent_of_mem_follows_the_jobs_mem(cluster):
+    """The prolog does not know the job's memory; the job's first step passes it on
+    (S_JOB_ALLOC_MEM) before any task runs: size=50%mem with --mem=200M is 100 MiB."""
+    cluster.set_namespace_config(
+        f"defaults:\n  base_path: {cluster.base}\n  auto_base_path: true\n  dir_confs:\n"
+        "    - {path: /tmp}\n    - {path: /dev/shm, options: \"size=50%mem\"}\n")
+    r = cluster.srun(ALICE, ["stat", "-f", "-c", "%b %S", "/dev/shm"], "--mem=200M")
+    assert r.returncode == 0, r.stderr
+    blocks, size = map(int, r.stdout.split())
+    assert blocks * size == 100 * 1024 * 1024, r.stdout

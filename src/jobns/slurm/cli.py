@@ -127,6 +127,20 @@ def _epilog(ctx, on_free=None) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_set_mem(args, ctx) -> int:
+    """From the SPANK plugin, in the job's first step on the node: the job's memory
+    (S_JOB_ALLOC_MEM, MiB, in SLURM_JOB_MEM) for its size=N%mem mounts."""
+    from jobns.setmem import set_mem
+    from jobns.slurm.env import job_id_from_env, node_name
+    job_id = job_id_from_env(os.environ)
+    mem = os.environ.get("SLURM_JOB_MEM", "")
+    if not (mem.isascii() and mem.isdigit()):
+        raise UsageError(f"SLURM_JOB_MEM={mem!r}: not a number of MiB")
+    cfg = _load_config(ctx, node_name(ctx.node))
+    set_mem(cfg, job_id, int(mem), log=ctx.log)
+    return 0
+
+
 def discover_live(ctx, node: str, spool_dir: str | None = None,
                   slurm_conf: str | None = None) -> tuple[str, set[str]]:
     """(spool dir, job ids) of the jobs that may still run on this host: a live stepd
@@ -315,6 +329,9 @@ def _parser():
     s.set_defaults(func=cmd_prolog)
     s = sub.add_parser("epilog", help="delete the job's namespaces (Slurm Epilog environment)")
     s.set_defaults(func=cmd_epilog)
+    s = sub.add_parser("set-mem", help="size the job's size=N%%mem mounts (SLURM_JOB_ID, "
+                                       "SLURM_JOB_MEM in MiB; run by the SPANK plugin)")
+    s.set_defaults(func=cmd_set_mem)
     for name, func, text in (
             ("restore", cmd_restore, "delete namespaces of jobs that are not running here"),
             ("live-jobs", cmd_live_jobs, "print jobs with a live slurmstepd on this node")):

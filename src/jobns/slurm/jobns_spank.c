@@ -221,6 +221,33 @@ static int open_job(uint32_t job)
 
 /* ---------------------------------------------------------------- callbacks */
 
+/*
+ * A prolog does not know the job's memory (job_prolog has only the job id, uid and gid),
+ * so `size=N%mem` mounts start at N% of the node's RAM and the job is marked
+ * <index>/.ns/mem-pending.  Every step has the memory (S_JOB_ALLOC_MEM, MiB): the first
+ * one on the node, before its tasks, passes it on with `jobns slurm set-mem`.  Should
+ * that fail, the job keeps the larger size (it stays isolated) and the error is logged.
+ */
+static void pass_job_mem(spank_t sp, uint32_t job)
+{
+	char path[PATH_MAX], e_job[48], e_mem[48];
+	char *env[3] = { e_job, e_mem, NULL };
+	uint64_t mem = 0;
+
+	if (snprintf(path, sizeof(path), "%s/jobs/%u/.ns/mem-pending", runtime_dir(), job) >=
+	    (int) sizeof(path) || access(path, F_OK) != 0)
+		return;
+	if (spank_get_item(sp, S_JOB_ALLOC_MEM, &mem) != ESPANK_SUCCESS) {
+		slurm_info("jobns: job %u: Slurm gives no job memory (S_JOB_ALLOC_MEM): size=N%%mem stays N%% of the node's RAM",
+			   job);
+		return;
+	}
+	snprintf(e_job, sizeof(e_job), "SLURM_JOB_ID=%u", job);
+	snprintf(e_mem, sizeof(e_mem), "SLURM_JOB_MEM=%llu", (unsigned long long) mem);
+	if (jobns_run(cmd(), "set-mem", job, NULL, NULL, env, NULL) != 0)
+		slurm_error("jobns: job %u: size=N%%mem mounts keep N%% of the node's RAM", job);
+}
+
 int slurm_spank_init(spank_t sp, int ac, char **av)
 {
 	spank_context_t ctx = spank_context();
@@ -257,7 +284,10 @@ int slurm_spank_init(spank_t sp, int ac, char **av)
 		slurm_error("jobns: cannot get the job and step id");
 		return -1;
 	}
-	if (job == 0 || step == STEP_EXTERN)
+	if (job == 0)
+		return 0;
+	pass_job_mem(sp, job);
+	if (step == STEP_EXTERN)
 		return 0;
 	return open_job(job);
 }
