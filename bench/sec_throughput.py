@@ -13,11 +13,14 @@ Figures, for each mode, measured in rounds that alternate the modes within one r
   has started, then `scancel` of all of them until the queue is empty and the mode's
   base path holds no job.
 
-Modes: `contain` (job_container/none + PrologFlags=Contain: no namespace), `tmpfs` (Slurm
-22.05's job_container/tmpfs: the anchor of every ratio), `jobns` (the SPANK plugin with the
-per-node service) and `jobns-cli` (the SPANK plugin running `jobns slurm prolog/epilog` as a
-process per job, `service=no`: what jobns cost before the service, and what the plugin falls
-back to). With `--loaded` the rounds are repeated with two busy loops on the CPUs.
+Modes: `contain` (no namespace plugin + PrologFlags=Contain), `slurm` (Slurm's own plugin:
+job_container/tmpfs on 22.05, namespace/linux on 26.05; the anchor of every ratio), `jobns`
+(the SPANK plugin with the per-node service), `jobns-cli` (the SPANK plugin running `jobns
+slurm prolog/epilog` as a process per job, `service=no`: what jobns cost before the service,
+and what the plugin falls back to), and on request (`--modes`) `jobns-native` (the native
+plugin, built against the cached configured Slurm source tree of
+tests/slurm/jobns_slurm_native.py, using the service). With `--loaded` the rounds are
+repeated with two busy loops on the CPUs.
 
 The cluster is the Slurm test fixture's (tests/slurm/jobns_slurm_cluster.py) under its own
 root, restarted for each mode; jobs run as the fixture's user `jobns-alice`.
@@ -36,7 +39,7 @@ from bench.common import JOBNS, Node, Results, log, loadavg, mounts_under, now
 
 SECTION = "throughput"
 ROOT = "/var/tmp/jobns-bench-throughput"
-MODES = ("contain", "slurm", "jobns", "jobns-cli")
+MODES = ("contain", "slurm", "jobns", "jobns-cli")   # and "jobns-native" (--modes)
 ANCHOR = "slurm"
 USER = sec_slurm.USER
 WIDE = "wide"            # the oversubscribed partition of the concurrent figure
@@ -59,6 +62,16 @@ def make_cluster(jsc, jsb, version: str):
             self.mode = mode
             self.container = "slurm" if mode == "slurm" else "none"
             self.spank = mode in ("jobns", "jobns-cli")
+
+        def start(self) -> None:
+            super().start()
+            if self.mode == "jobns-native":
+                # the native plugin (job_container/jobns, namespace/jobns) built against
+                # the cached configured source tree of the node's Slurm, with the service
+                import jobns_slurm_native as jsn
+                tree, build = jsn.source_tree(jsn.node_version(self))
+                _, lines = jsn.build_native(self, tree, build)
+                jsn.use_native(self, lines)
 
         def node_state(self) -> str:
             # the node is in two partitions: sinfo -N prints it once per partition
@@ -265,13 +278,19 @@ def _one_series(cluster, res: Results, info: dict, tag: str, rounds: int, n_jobs
             finally:
                 d["launch_failures_requeued"] = d.get("launch_failures_requeued", 0) + \
                     HELD["count"]
+                try:        # prologs/epilogs that found no service (ran the CLI instead)
+                    d["service_fallbacks"] = d.get("service_fallbacks", 0) + \
+                        cluster.slurmd_log().count("no jobns service at")
+                except OSError:
+                    pass
                 w = cluster.stop()
                 if w:
                     info.setdefault("teardown_warnings", []).extend(w)
     for mode in modes:
         d = data[mode]
         info["modes"][mode + tag] = {k: d[k] for k in ("fails", "skipped", "private",
-                                                        "launch_failures_requeued") if k in d}
+                                                        "launch_failures_requeued",
+                                                        "service_fallbacks") if k in d}
         if d["short"]:
             res.timing(SECTION, f"{n_jobs} short jobs, until all done [{mode}]{tag}",
                        d["short"], "s")
@@ -299,7 +318,7 @@ def _one_series(cluster, res: Results, info: dict, tag: str, rounds: int, n_jobs
             if row is None or anchor is None:
                 continue
             res.compare(row, anchor)
-            if target and mode == "jobns" and row.ratio is not None:
+            if target and mode in ("jobns", "jobns-native") and row.ratio is not None:
                 row.target = f"<= {TARGETS[target]}x {ANCHOR}"
                 row.met = row.ratio <= TARGETS[target]
 
