@@ -149,6 +149,11 @@ def test_failing_init_script_fails_the_job_and_leaves_nothing(cluster):
         new_log = f.read()
     assert "site check refuses job" in new_log, new_log
     assert "jobns slurm prolog` failed" in new_log, new_log
+    # jobns' own lines keep their level: no doubled "error: jobns: error:", and the
+    # successful rollback ("deleted ...") is information, not an error
+    assert "error: jobns: error:" not in new_log, new_log
+    assert not [ln for ln in new_log.splitlines() if "error:" in ln and ": deleted " in ln], \
+        new_log
     after = set(os.listdir(base)) if os.path.isdir(base) else set()
     assert {n for n in after - before if not n.startswith(".")} == set()
     assert _mounts_below(cluster, base) == []

@@ -15,8 +15,6 @@ import subprocess
 
 import pytest
 
-from jobns_slurm_cluster import mounts_under
-
 pytestmark = pytest.mark.slurm
 
 ALICE, BOB = "jobns-alice", "jobns-bob"
@@ -35,7 +33,9 @@ def _start_job(cluster, script: str = "sleep 300\n", *opts: str, node: str | Non
 
 
 def _pin_inode(cluster, job: str, node: str | None = None) -> int:
-    return os.stat(os.path.join(cluster.job_dir(job, node), ".ns", "mnt")).st_ino
+    """The job's mount namespace, as the node sees its pin (a Debian tree's box too)."""
+    return os.stat(cluster.node_path(os.path.join(cluster.job_dir(job, node), ".ns",
+                                                  "mnt"))).st_ino
 
 
 def _ns_members(pin_ino: int) -> list[int]:
@@ -75,7 +75,7 @@ def _jobns(cluster, *args: str, slurm_conf: str | None = None, node: bool = Fals
     env = dict(cluster.env, JOBNS_RUNTIME_DIR=cluster.runtime,
                SLURM_CONF=slurm_conf or cluster.conf)
     head = [cluster.jobns, "--config", cluster.ns_yaml] + (["--node", cluster.node] if node else [])
-    return subprocess.run([*head, *args], capture_output=True, text=True, env=env, timeout=120)
+    return cluster.run([*head, *args], env=env, timeout=120)
 
 
 # ------------------------------------------------------------------ 1. node name
@@ -141,15 +141,16 @@ def test_a_job_whose_stepd_runs_is_live_even_without_its_socket(cluster):
     ("default:\n  base_path: {base}\n", 1, "default", "did you mean defaults?"),
 ])
 def test_config_typo_fails_the_job_never_runs_it_unisolated(cluster, text, line, key, hint):
-    marker = "/tmp/jobns-slurm-test-typo-marker"
-    if os.path.exists(marker):
-        os.unlink(marker)
+    marker = f"/tmp/jobns-slurm-test-typo-marker-{os.getpid()}"
+    on_node = cluster.node_path(marker)       # the node's own /tmp (a Debian tree's box too)
+    if os.path.exists(on_node):
+        os.unlink(on_node)
     _write_ns_yaml(cluster, text.format(base=cluster.base))
     offset = len(cluster.slurmd_log())
     r = cluster.srun(ALICE, ["touch", marker])
     try:
         assert r.returncode != 0, "the job ran although the config cannot be used"
-        assert not os.path.exists(marker), "the job ran with the host's /tmp"
+        assert not os.path.exists(on_node), "the job ran with the node's /tmp"
         log = _log_since(cluster, offset)
         want = f"error: jobns: {cluster.ns_yaml}:{line}: {key}: unknown key"
         assert want in log and hint in log, log[-3000:]
@@ -158,8 +159,8 @@ def test_config_typo_fails_the_job_never_runs_it_unisolated(cluster, text, line,
         cluster.wait_until(lambda: cluster.node_state().startswith("drain"), timeout=60,
                            what="the node to be drained")
     finally:
-        if os.path.exists(marker):
-            os.unlink(marker)
+        if os.path.exists(on_node):
+            os.unlink(on_node)
         cluster.set_namespace_config()
         cluster.resume()
 
@@ -203,7 +204,7 @@ def test_base_path_change_mid_job_tears_the_job_down_where_it_was_made(cluster):
 
         cluster.restart_slurmd()       # restore finishes the dead job of the earlier base
         assert not os.path.lexists(ghost_dir), "restore never looked in the earlier base"
-        assert [m for m in mounts_under(os.path.dirname(old_dir))
+        assert [m for m in cluster.mounts_under(os.path.dirname(old_dir))
                 if m != os.path.dirname(old_dir)] == []
     finally:
         cluster.cmd(["scancel", job])
@@ -299,18 +300,18 @@ def test_hand_run_restore_keeps_running_jobs(cluster):
         cluster.cmd(["scancel", job])
 
 
-def test_restore_without_a_way_to_tell_live_jobs_keeps_them(cluster, tmp_path):
+def test_restore_without_a_way_to_tell_live_jobs_keeps_them(cluster):
     """Without slurm.conf and without --live nothing tells a live job from a dead one:
     restore keeps every job whose namespace is alive; --all-dead removes it."""
     base = os.path.join(cluster.root, "standalone-base")
-    conf = tmp_path / "standalone.yaml"
-    conf.write_text(f"defaults:\n  base_path: {base}\n  auto_base_path: true\n")
+    conf = os.path.join(cluster.root, "standalone.yaml")   # the same path on the node
+    with open(conf, "w") as f:
+        f.write(f"defaults:\n  base_path: {base}\n  auto_base_path: true\n")
     env = dict(cluster.env, JOBNS_RUNTIME_DIR=os.path.join(cluster.root, "standalone-run"),
                SLURM_CONF=os.path.join(cluster.root, "no-slurm.conf"))
 
     def jobns(*args):
-        return subprocess.run([cluster.jobns, "--config", str(conf), *args],
-                              capture_output=True, text=True, env=env, timeout=120)
+        return cluster.run([cluster.jobns, "--config", conf, *args], env=env, timeout=120)
 
     ghost = "4000000103"
     r = jobns("create", ghost, "--user", BOB)
@@ -326,13 +327,13 @@ def test_restore_without_a_way_to_tell_live_jobs_keeps_them(cluster, tmp_path):
         assert not os.path.lexists(path)
     finally:
         jobns("delete", ghost)
-        for mp in mounts_under(base):
-            subprocess.run(["umount", mp], capture_output=True)
+        for mp in cluster.mounts_under(base):
+            cluster.run(["umount", mp])
 
 
 # ------------------------------------------------------------------ 8. config check/show
 
-def test_config_show_of_another_node_and_check_of_a_missing_base(cluster, tmp_path):
+def test_config_show_of_another_node_and_check_of_a_missing_base(cluster):
     script = os.path.join(cluster.root, "no-such-epilog.sh")
     _write_ns_yaml(cluster, f"defaults:\n  base_path: {cluster.base}\n"
                             f"node_confs:\n  - nodes: n9\n    options:\n"
@@ -342,9 +343,10 @@ def test_config_show_of_another_node_and_check_of_a_missing_base(cluster, tmp_pa
     assert "warning:" in r.stdout + r.stderr and script in r.stdout + r.stderr
 
     missing = os.path.join(cluster.root, "no-such-base")
-    conf = tmp_path / "namespace.yaml"
-    conf.write_text(f"defaults:\n  base_path: {missing}\n  auto_base_path: false\n")
-    r = cluster.jobns_cmd("config", "check", str(conf))
+    conf = os.path.join(cluster.root, "check-namespace.yaml")   # the same path on the node
+    with open(conf, "w") as f:
+        f.write(f"defaults:\n  base_path: {missing}\n  auto_base_path: false\n")
+    r = cluster.jobns_cmd("config", "check", conf)
     assert r.returncode == 1 and missing in r.stdout and "auto_base_path" in r.stdout, \
         (r.stdout, r.stderr)
 
