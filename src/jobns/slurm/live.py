@@ -12,7 +12,6 @@ process of it runs on this host: a NodeName misread must never make a live job l
 from __future__ import annotations
 
 import errno
-import glob
 import os
 import re
 import socket
@@ -23,38 +22,18 @@ DEFAULT_SPOOL_DIR = "/var/spool/slurmd"
 _DEAD = (errno.ECONNREFUSED, errno.ENOENT)
 
 
-def slurm_conf_values(path: str, depth: int = 0) -> dict[str, str]:
+def slurm_conf_values(path: str) -> dict[str, str]:
     """Lower-case key -> value (the last one wins) of a slurm.conf and the files it
-    Includes (globs allowed), read with the rules of jobns.config.conf_reader: comments,
-    line continuations, escapes and quoted values as Slurm's parser reads them. An
-    unreadable file gives nothing."""
-    from jobns.config.conf_reader import logical_lines, split_pairs
+    Includes, read by jobns.slurm.nodes.conf_pairs (conf_reader's rules). An unreadable
+    file gives nothing."""
+    from jobns.slurm.nodes import conf_pairs
     values: dict[str, str] = {}
-    if depth > 10:
-        return values
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        for line in conf_pairs(path):
+            for key, value in line:
+                values[key.lower()] = value
     except OSError:
-        return values
-    base = os.path.dirname(path)
-    for _, line in logical_lines(text):
-        words = line.split(None, 1)
-        if not words:
-            continue
-        if words[0].lower() == "include" and len(words) == 2:
-            pattern = words[1].strip()
-            if not os.path.isabs(pattern):
-                pattern = os.path.join(base, pattern)
-            for inc in sorted(glob.glob(pattern)):
-                values.update(slurm_conf_values(inc, depth + 1))
-            continue
-        try:
-            pairs = split_pairs(line)
-        except ValueError:
-            continue          # not key=value: nothing jobns reads
-        for key, value, _ in pairs:
-            values[key.lower()] = value
+        pass
     return values
 
 

@@ -23,12 +23,10 @@ from jobns.config.model import short_hostname
 
 # Only a node with a slurm.conf parses one; the job-start path elsewhere stays light.
 glob = lazy("glob")
-re = lazy("re")
 
 DEFAULT_SLURM_CONF = "/etc/slurm/slurm.conf"
 DEFAULT_SPOOL_DIR = "/var/spool/slurmd"
 _MAX_INCLUDE_DEPTH = 10
-_PAIR = r'(?i)([A-Za-z]+)\s*=\s*("[^"]*"|\S+)'
 
 
 def slurm_conf_path(explicit: str | None = None,
@@ -37,35 +35,39 @@ def slurm_conf_path(explicit: str | None = None,
     return explicit or env.get("SLURM_CONF") or DEFAULT_SLURM_CONF
 
 
-def conf_lines(path: str, depth: int = 0):
-    """Logical lines of a slurm.conf, following Include directives (globs allowed).
-    Raises OSError when `path` itself cannot be read."""
+def conf_pairs(path: str, depth: int = 0):
+    """The key=value pairs of each logical line of a slurm.conf and of the files it
+    Includes (globs allowed), read by the rules of jobns.config.conf_reader (comments,
+    line continuations, escapes, quoted values, as Slurm's parser): one list of (key,
+    value) per line. A line that is not all key=value pairs is nothing jobns reads and is
+    skipped; an Included file that cannot be read is skipped. Raises OSError when `path`
+    itself cannot be read."""
+    from jobns.config.conf_reader import logical_lines, split_pairs
     if depth > _MAX_INCLUDE_DEPTH:
         return
     with open(path, encoding="utf-8", errors="replace") as f:
         text = f.read()
     base = os.path.dirname(path)
-    text = text.replace("\\\n", "")
-    for raw in text.splitlines():
-        line = raw.split("#", 1)[0].strip()
-        if not line:
+    for _, line in logical_lines(text):
+        words = line.split(None, 1)
+        if not words:
             continue
-        head, _, rest = line.partition(" ")
-        if head.lower() == "include" and rest.strip():
-            pattern = rest.strip()
+        if words[0].lower() == "include" and len(words) == 2:
+            pattern = words[1].strip()
             if not os.path.isabs(pattern):
                 pattern = os.path.join(base, pattern)
             for inc in sorted(glob.glob(pattern)):
                 try:
-                    yield from conf_lines(inc, depth + 1)
+                    yield from conf_pairs(inc, depth + 1)
                 except OSError:
                     continue
             continue
-        yield line
-
-
-def _pairs(line: str) -> dict[str, str]:
-    return {k.lower(): v.strip('"') for k, v in re.findall(_PAIR, line)}
+        try:
+            pairs = split_pairs(line)
+        except ValueError:
+            continue
+        if pairs:
+            yield [(key, value) for key, value, _ in pairs]
 
 
 class SlurmConf:
@@ -75,12 +77,12 @@ class SlurmConf:
         self.path = path
         self.spool_dir: str | None = None
         self.nodes: list[tuple[str, str | None]] = []  # (NodeName expr, NodeHostname expr)
-        for line in conf_lines(path):
-            pairs = _pairs(line)
+        for line in conf_pairs(path):
+            pairs = {key.lower(): value for key, value in line}
             if "slurmdspooldir" in pairs:
                 self.spool_dir = pairs["slurmdspooldir"]
             name = pairs.get("nodename")
-            if name and line.lower().startswith("nodename") and name.lower() != "default":
+            if name and line[0][0].lower() == "nodename" and name.lower() != "default":
                 self.nodes.append((name, pairs.get("nodehostname")))
 
     def _names_with_hosts(self):
