@@ -477,11 +477,16 @@ def test_user_namespace_on_every_version(ncluster):
 def test_lost_namespace_fails_the_step_never_runs_it_on_the_host(ncluster):
     """A step of a running job whose namespace pin is gone (unmounted under it) does not
     run: the join fails, and Slurm fails the task (before 24.11) or the step's launch."""
-    job = ncluster.sbatch(ALICE, "sleep 120\n")
+    job = ncluster.sbatch(ALICE, "echo inside > /tmp/jobns-lost-ns-marker\nsleep 120\n")
     try:
         ncluster.wait_running(job)
         pin = os.path.join(ncluster.node_runtime(), "jobs", job, ".ns", "mnt")
-        ncluster.wait_until(lambda: os.path.lexists(pin), 30, f"{pin}")
+        # The pin goes only once the batch script runs inside the namespace (its marker is
+        # in the job's /tmp): RUNNING comes before the batch task's own join, and a pin
+        # lost before that join fails the batch task too (fail safe), ending the job.
+        marker = os.path.join(ncluster.job_dir(job), f".{job}", "_tmp", "jobns-lost-ns-marker")
+        ncluster.wait_until(lambda: os.path.exists(marker), 30, "the batch script's marker")
+        assert os.path.lexists(pin), pin
         r = ncluster.run(["umount", pin])
         assert r.returncode == 0, r.stderr
         assert ncluster.job_state(job) == "RUNNING"
