@@ -25,6 +25,7 @@ VENV_BIN = os.path.dirname(os.path.abspath(sys.executable))
 JOBNS = os.path.join(VENV_BIN, "jobns")
 JOB_USER = "nobody"
 ROOT_PREFIX = "/var/tmp/jobns-bench-"
+NODE_NAME = "bench"                 # the node the benchmark's jobs belong to
 
 PID_USER_FLAGS = ("CLONE_NEWPID", "CLONE_NEWUSER", "CLONE_NEWNS")
 
@@ -223,21 +224,25 @@ class Node:
         with open(self.config_pid_user, "w") as f:
             f.write(f"defaults:\n  base_path: {self.base}\n  auto_base_path: true\n"
                     "  clone_ns_flags: [CLONE_NEWPID, CLONE_NEWUSER]\n")
-        for k, v in (("JOBNS_RUNTIME_DIR", self.runtime), ("JOBNS_CONFIG", self.config_file)):
+        # the CLI's node is the one the in-process configs name (a job recorded by node
+        # "bench" is refused to any other node)
+        for k, v in (("JOBNS_RUNTIME_DIR", self.runtime), ("JOBNS_CONFIG", self.config_file),
+                     ("SLURMD_NODENAME", NODE_NAME)):
             self._old_env[k] = os.environ.get(k)
             os.environ[k] = v
         return self
 
     def cfg(self, pid_user: bool = False) -> NodeConfig:
         if pid_user:
-            return NodeConfig(node_name="bench", base_path=self.base,
+            return NodeConfig(node_name=NODE_NAME, base_path=self.base,
                               clone_ns_flags=PID_USER_FLAGS)
-        return NodeConfig(node_name="bench", base_path=self.base)
+        return NodeConfig(node_name=NODE_NAME, base_path=self.base)
 
     def env(self, pid_user: bool = False) -> dict:
         env = dict(os.environ)
         env["JOBNS_RUNTIME_DIR"] = self.runtime
         env["JOBNS_CONFIG"] = self.config_pid_user if pid_user else self.config_file
+        env["SLURMD_NODENAME"] = NODE_NAME
         return env
 
     def job(self, job_id: str) -> Job:
