@@ -73,9 +73,9 @@ def make_cluster(jsc, jsb, version: str):
                 _, lines = jsn.build_native(self, tree, build)
                 jsn.use_native(self, lines)
 
-        def node_state(self) -> str:
+        def node_state(self, node: str | None = None) -> str:
             # the node is in two partitions: sinfo -N prints it once per partition
-            return (super().node_state().splitlines() or [""])[0]
+            return (super().node_state(node).splitlines() or [""])[0]
 
         def write_slurm_conf(self, extra: tuple[str, ...] = ()) -> None:
             super().write_slurm_conf(extra + (
