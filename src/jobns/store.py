@@ -337,12 +337,15 @@ def ensure_base_path(base: str, create_mode: int | None, log=null_log, *,
                                  "auto_base_path: true)", path=base, errno=errno.ENOENT)
         old = os.umask(0o022)
         try:
-            os.makedirs(base, mode=create_mode, exist_ok=True)
+            os.makedirs(os.path.dirname(base.rstrip("/")), exist_ok=True)
+            os.mkdir(base, create_mode)
+            log("info", f"created base_path {base} ({create_mode:04o})")
+        except FileExistsError:
+            pass                     # a concurrent create made it first (and says so)
         except OSError as e:
             raise OperationError.from_oserror("ensure-base", e, base) from e
         finally:
             os.umask(old)
-        log("info", f"created base_path {base} ({create_mode:04o})")
     real = os.path.realpath(base)
     st = os.stat(real)
     if st.st_uid != 0 or st.st_mode & 0o022:
@@ -358,48 +361,55 @@ def ensure_base_path(base: str, create_mode: int | None, log=null_log, *,
                     return real
         except OSError:
             pass
-    mounts = kernel.mounts_at(real)
-    top = mounts[-1] if mounts else None
+    # One process at a time looks and mounts: two first jobs starting together would
+    # otherwise both see no mount and stack two binds. The lock is on the directory's
+    # inode, which the bind shows again, so it holds across the mount.
     try:
-        if top is None:
-            # recursive: mounts already below (e.g. the node directories of several
-            # slurmd's) stay visible through the new mount
-            kernel.mount(real, real, None, kernel.MS_BIND | kernel.MS_REC)
-            kernel.mount(None, real, None, kernel.MS_PRIVATE)
-            log("info", f"made base_path {real} its own private mount")
-        elif top.propagation:
-            kernel.mount(None, real, None, kernel.MS_PRIVATE)
-            log("info", f"made base_path mount {real} private (was {' '.join(top.propagation)})")
+        lock_fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            mounts = kernel.mounts_at(real)
+            top = mounts[-1] if mounts else None
+            if top is None:
+                # recursive: mounts already below (e.g. the node directories of several
+                # slurmd's) stay visible through the new mount
+                kernel.mount(real, real, None, kernel.MS_BIND | kernel.MS_REC)
+                kernel.mount(None, real, None, kernel.MS_PRIVATE)
+                log("info", f"made base_path {real} its own private mount")
+            elif top.propagation:
+                kernel.mount(None, real, None, kernel.MS_PRIVATE)
+                log("info", f"made base_path mount {real} private "
+                            f"(was {' '.join(top.propagation)})")
+        finally:
+            os.close(lock_fd)
     except OSError as e:
         raise OperationError.from_oserror("ensure-base", e, real) from e
     key = _base_mount_key(real)
     if key is not None:
-        try:
-            ensure_private_dir(runtime_dir())
-            ensure_private_dir(os.path.dirname(marker))
-            with open(marker + ".tmp", "w") as f:
-                f.write(key)
-            os.rename(marker + ".tmp", marker)
-        except (OSError, OperationError):
-            pass   # only a shortcut for the next call
+        _write_runtime_note(marker, key)   # only a shortcut for the next call
     remember_base(real)
     return real
+
+
+def _write_runtime_note(path: str, text: str) -> None:
+    """Best effort: `text` into `path` below the runtime dir (made private if missing),
+    replaced atomically. A note that cannot be written is only a lost shortcut."""
+    try:
+        ensure_private_dir(runtime_dir())
+        ensure_private_dir(os.path.dirname(path))
+        with open(path + ".tmp", "w") as f:
+            f.write(text)
+        os.rename(path + ".tmp", path)
+    except (OSError, OperationError):
+        pass
 
 
 def remember_base(real: str) -> None:
     """Note that this node keeps jobs in `real`: restore finishes the jobs of every base
     it used (since boot), even after base_path changed in the config."""
     path = os.path.join(runtime_dir(), "bases", real.replace("/", "_") + ".path")
-    if os.path.exists(path):
-        return
-    try:
-        ensure_private_dir(runtime_dir())
-        ensure_private_dir(os.path.dirname(path))
-        with open(path + ".tmp", "w") as f:
-            f.write(real)
-        os.rename(path + ".tmp", path)
-    except (OSError, OperationError):
-        pass
+    if not os.path.exists(path):
+        _write_runtime_note(path, real)
 
 
 def known_bases() -> list[str]:

@@ -356,3 +356,35 @@ def test_list_tells_a_job_being_built_from_a_lost_one(node):
     with lifecycle.job_lock("81"):          # what a create or delete in progress holds
         assert lifecycle.list_jobs(cfg)[0]["state"] == "busy"
     assert lifecycle.list_jobs(cfg)[0]["state"] == "lost"
+
+
+def test_first_jobs_starting_together_make_one_private_base_mount(node):
+    """base_path does not exist yet and several jobs start at once: it is created and
+    made its own private mount once (no stacked self-binds), and each is said once."""
+    cfg = node.cfg()
+    go_r, go_w = os.pipe()
+    said_r, said_w = os.pipe()
+    kids = []
+    for _ in range(8):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(go_w)
+                os.read(go_r, 1)      # all start together
+                lifecycle.ensure_base(
+                    cfg, lambda lvl, msg: os.write(said_w, (msg + "\n").encode()))
+                code = 0
+            finally:
+                os._exit(code)
+        kids.append(pid)
+    os.close(go_r)
+    os.close(said_w)
+    os.close(go_w)                    # EOF: go
+    codes = [os.waitstatus_to_exitcode(os.waitpid(k, 0)[1]) for k in kids]
+    with os.fdopen(said_r) as f:
+        text = f.read()
+    assert codes == [0] * 8, text
+    assert [m for m in mounts_under(node.base) if m == node.base] == [node.base], text
+    assert text.count(f"created base_path {node.base}") == 1, text
+    assert text.count(f"made base_path {node.base} its own private mount") == 1, text
